@@ -1,0 +1,8 @@
+"""sd4match_utils: the tested package behind the SD4Match notebooks.
+
+One concept of the paper per module: ``models`` / ``tiny`` (Stable Diffusion 2-1, real or embedded),
+``data`` (benchmark formats and the synthetic generator), ``features`` (UNet read-out), ``prompts``
+(text conditioning), ``matching``, ``metrics`` (PCK), ``evaluate`` and ``cli``.
+"""
+
+__version__ = "0.1.0"

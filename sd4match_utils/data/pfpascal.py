@@ -1,0 +1,156 @@
+"""PF-Pascal exactly as distributed (SPEC §8).
+
+Layout under the root::
+
+    {trn,val,test}_pairs.csv                       (also accepted inside PF-dataset-PASCAL/)
+        source_image, target_image, class[, flip]  paths ending in the image name; class is 1-based
+    PF-dataset-PASCAL/JPEGImages/<name>.jpg
+    PF-dataset-PASCAL/Annotations/<class>/<name>.mat   kps: K×2 with NaN rows for invisible, bbox: [x1, y1, x2, y2]
+
+A keypoint is kept when visible in both images. Rows with ``flip = 1`` mirror both images, keypoints
+(``x' = W − 1 − x``) and boxes. PCK threshold: ``max(H, W)`` of the resized target = ``img_size`` (SPEC §7).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from .base import (DEFAULT_IMG_SIZE, DatasetFormatError, PairDataset, PairEntry, PairSample, as_box, as_points,
+                   check_inside)
+from .images import load_rgb
+
+SPLITS = ("trn", "val", "test")
+#: The 20 PASCAL VOC classes; the CSV's ``class`` column is a 1-based index into this tuple.
+PFPASCAL_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+_REQUIRED_COLUMNS = ("source_image", "target_image", "class")
+
+
+@dataclass
+class PFPascalEntry(PairEntry):
+    src_ann: Path
+    trg_ann: Path
+    flip: bool
+
+
+def mirror_points(kps: np.ndarray, width: int) -> np.ndarray:
+    """Horizontally mirror ``(N, 2)`` points in an image ``width`` pixels wide: ``x' = W − 1 − x``."""
+    out = np.array(kps, dtype=np.float64).reshape(-1, 2)
+    out[:, 0] = width - 1 - out[:, 0]
+    return out
+
+
+def mirror_box(box: np.ndarray, width: int) -> np.ndarray:
+    """Mirror an ``[x1, y1, x2, y2]`` box: ``[W − 1 − x2, y1, W − 1 − x1, y2]``."""
+    x1, y1, x2, y2 = box
+    return np.array([width - 1 - x2, y1, width - 1 - x1, y2], dtype=np.float64)
+
+
+def image_name(value: str) -> str:
+    """The file name at the end of a CSV path: ``PF-dataset-PASCAL/JPEGImages/2009_000232.jpg`` → ``2009_000232.jpg``
+    (``.jpg`` is appended when the name has no extension)."""
+    name = PurePosixPath(value.strip().replace("\\", "/")).name
+    return name if PurePosixPath(name).suffix else f"{name}.jpg"
+
+
+def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(kps (K, 2) with NaN rows, bbox (4,) or None)`` from a PF-Pascal ``.mat`` file."""
+    if not path.is_file():
+        raise DatasetFormatError(path, "annotation file not found")
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as exc:  # scipy raises many types (MatReadError, ValueError, TypeError, OSError...)
+        raise DatasetFormatError(path, f"malformed .mat file ({type(exc).__name__}: {exc})") from exc
+    if "kps" not in mat:
+        raise DatasetFormatError(path, "missing variable 'kps'")
+    kps = as_points(mat["kps"], path, "kps")
+    bbox = as_box(mat["bbox"], path, "bbox") if "bbox" in mat else None
+    return kps, bbox
+
+
+def _parse_int(value: str | None, path: Path, lineno: int, column: str) -> int:
+    """An integer CSV cell (``"8"`` or ``"8.0"``); anything else raises :class:`DatasetFormatError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number.is_integer():
+        raise DatasetFormatError(path, f"line {lineno}: column {column!r} is not an integer ({value!r})")
+    return int(number)
+
+
+class PFPascalDataset(PairDataset):
+    """One split (trn, val or test) of PF-Pascal. The CSV is read at construction; .mat files and images per item."""
+
+    name = "pfpascal"
+
+    def __init__(self, root: str | Path, split: str = "test", img_size: int = DEFAULT_IMG_SIZE):
+        super().__init__(root, split, img_size)
+        self.data_dir = self.root / "PF-dataset-PASCAL"
+        if not self.data_dir.is_dir():
+            raise DatasetFormatError(self.data_dir, "PF-Pascal data folder not found")
+        candidates = [self.root / f"{split}_pairs.csv", self.data_dir / f"{split}_pairs.csv"]
+        csv_path = next((p for p in candidates if p.is_file()), None)
+        if csv_path is None:
+            raise DatasetFormatError(candidates[0], f"split file for split {split!r} not found")
+        self.csv_path = csv_path
+
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            missing = [c for c in _REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise DatasetFormatError(csv_path, f"missing column(s) {missing} (header: {header})")
+            for row, record in enumerate(reader):
+                lineno = row + 2
+                if None in record or any(v is None for v in record.values()):
+                    raise DatasetFormatError(csv_path, f"line {lineno}: wrong number of columns")
+                cls = _parse_int(record["class"], csv_path, lineno, "class")
+                if not 1 <= cls <= len(PFPASCAL_CLASSES):
+                    raise DatasetFormatError(csv_path, f"line {lineno}: class index {cls} outside "
+                                                       f"1..{len(PFPASCAL_CLASSES)}")
+                flip_value = record.get("flip")
+                flip = _parse_int(flip_value, csv_path, lineno, "flip") if flip_value not in (None, "") else 0
+                if flip not in (0, 1):
+                    raise DatasetFormatError(csv_path, f"line {lineno}: flip must be 0 or 1, got {flip}")
+                category = PFPASCAL_CLASSES[cls - 1]
+                src_name, trg_name = image_name(record["source_image"]), image_name(record["target_image"])
+                src_stem, trg_stem = Path(src_name).stem, Path(trg_name).stem
+                annotations = self.data_dir / "Annotations" / category
+                self.entries.append(PFPascalEntry(
+                    pair_id=f"{row:05d}-{src_stem}-{trg_stem}" + ("-flip" if flip else ""), category=category,
+                    src_path=self.data_dir / "JPEGImages" / src_name, trg_path=self.data_dir / "JPEGImages" / trg_name,
+                    src_ann=annotations / f"{src_stem}.mat", trg_ann=annotations / f"{trg_stem}.mat", flip=bool(flip)))
+        self.categories = sorted({e.category for e in self.entries})
+
+    def _load(self, entry: PFPascalEntry) -> PairSample:
+        src_kps, src_bbox = read_annotation(entry.src_ann)
+        trg_kps, trg_bbox = read_annotation(entry.trg_ann)
+        if len(src_kps) != len(trg_kps):
+            raise DatasetFormatError(entry.trg_ann, f"{len(trg_kps)} keypoints but the source annotation "
+                                                    f"{entry.src_ann.name} has {len(src_kps)}")
+        visible = np.isfinite(src_kps).all(axis=1) & np.isfinite(trg_kps).all(axis=1)
+        src_kps, trg_kps = src_kps[visible], trg_kps[visible]
+
+        src_image, trg_image = load_rgb(entry.src_path), load_rgb(entry.trg_path)
+        check_inside(src_kps, src_image.size, entry.src_ann, f"source ({entry.src_path.name})")
+        check_inside(trg_kps, trg_image.size, entry.trg_ann, f"target ({entry.trg_path.name})")
+        if entry.flip:
+            src_w, trg_w = src_image.width, trg_image.width
+            src_image = src_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            trg_image = trg_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            src_kps, trg_kps = mirror_points(src_kps, src_w), mirror_points(trg_kps, trg_w)
+            src_bbox = None if src_bbox is None else mirror_box(src_bbox, src_w)
+            trg_bbox = None if trg_bbox is None else mirror_box(trg_bbox, trg_w)
+        return self._sample(entry, src_image, trg_image, src_kps, trg_kps, src_bbox, trg_bbox,
+                            thr=float(self.img_size), thr_orig=float(max(trg_image.size)), flip=entry.flip)

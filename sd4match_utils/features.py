@@ -1,0 +1,279 @@
+"""Dense features from the frozen UNet (SPEC §2).
+
+image → resize to ``img_size`` (no aspect ratio) → [-1, 1] → VAE posterior sample (or mean) × scaling factor
+→ ``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) ε`` → UNet → outputs of ``up_blocks[l]`` for the requested ``l``.
+The UNet stops right after the deepest requested block (forward hooks; identical features, less compute).
+With an ensemble of E, the VAE runs once per image and E noise copies of its latent go through the UNet; the E
+maps are averaged. Randomness is drawn per image from ``(seed, image content)``, so an image's features do not
+depend on which batch it was in, and caches stay valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cache import TensorCache
+from .prompts import conditioning_key
+
+UP_BLOCKS = (0, 1, 2, 3)
+LATENT_MODES = ("sample", "mean")
+
+
+class _StopForward(Exception):
+    """Raised from a forward hook to leave the UNet once the deepest needed block has run."""
+
+
+def preprocess(image: Image.Image, img_size: int = 768) -> torch.Tensor:
+    """PIL image → ``(3, img_size, img_size)`` float32 in [-1, 1] (bilinear resize, RGB)."""
+    img = image.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+    return x * 2.0 - 1.0
+
+
+def image_key(image: Image.Image) -> str:
+    """Content hash of an image (mode, size and pixels): mirrored or edited images get other keys."""
+    h = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()[:24]
+
+
+def _seed_for(seed: int, key: str, stream: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}:{key}".encode()).digest()[:8], "little") >> 1
+
+
+def add_noise(z0: torch.Tensor, noise: torch.Tensor, timestep: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """``sqrt(ᾱ_t)·z0 + sqrt(1 − ᾱ_t)·ε`` for ``z0``, ``noise`` of the same shape ``(B, 4, h, w)``."""
+    a = alphas_cumprod[timestep].to(torch.float32)
+    return a.sqrt() * z0 + (1 - a).sqrt() * noise
+
+
+def unet_readout(
+    unet: torch.nn.Module,
+    z_t: torch.Tensor,
+    timestep: int,
+    cond: torch.Tensor,
+    layers: Sequence[int] = (1,),
+    early_exit: bool = True,
+) -> dict[int, torch.Tensor]:
+    """Run the UNet on noised latents and return the outputs of ``up_blocks[l]`` for each ``l`` in ``layers``.
+
+    Differentiable (no ``no_grad`` here): training back-propagates through it into ``cond``.
+
+    Args:
+        z_t: ``(B, 4, h, w)`` noised latents.
+        cond: ``(B, 77, D)`` or ``(1, 77, D)`` cross-attention conditioning.
+        layers: subset of ``(0, 1, 2, 3)``.
+        early_exit: stop after the deepest requested block (``False`` runs the whole UNet).
+
+    Returns:
+        ``{l: (B, C_l, h_l, w_l)}`` in the UNet's dtype.
+    """
+    layers = sorted(set(int(l) for l in layers))
+    if not layers or any(l not in UP_BLOCKS for l in layers):
+        raise ValueError(f"layers must be a non-empty subset of {UP_BLOCKS}, got {layers}")
+    if cond.shape[0] == 1 and z_t.shape[0] > 1:
+        cond = cond.expand(z_t.shape[0], -1, -1)
+    deepest = layers[-1]
+    out: dict[int, torch.Tensor] = {}
+
+    def make_hook(index: int):
+        def hook(_module, _inputs, output):
+            out[index] = output
+            if early_exit and index == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [unet.up_blocks[l].register_forward_hook(make_hook(l)) for l in layers]
+    t = torch.full((z_t.shape[0],), timestep, device=z_t.device, dtype=torch.long)
+    try:
+        unet(z_t, t, encoder_hidden_states=cond, return_dict=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def feature_shapes(sd, img_size: int) -> dict[int, tuple[int, int, int]]:
+    """``{l: (C, h, w)}`` of each up-block's output at ``img_size`` (the levels a model can return)."""
+    s = img_size // sd.vae_scale
+    n_up = len(sd.unet.config.block_out_channels)
+    chans = list(reversed(sd.unet.config.block_out_channels))
+    shapes = {}
+    for i in UP_BLOCKS:
+        size = s // 2 ** max(n_up - 2 - i, 0)
+        shapes[i] = (chans[i], size, size)
+    return shapes
+
+
+class FeatureExtractor:
+    """Batched, seeded, no-grad extraction of up-block features for a list of images.
+
+    Args:
+        sd: a loaded :class:`~sd4match_utils.models.SDModel`.
+        layers: up-blocks to return (SD4Match reads 1).
+        timestep: diffusion step t (50 at test, 261 in training).
+        ensemble: E noise copies averaged (8 at test).
+        latent: ``"sample"`` (paper) or ``"mean"`` of the VAE posterior.
+        img_size: square resize resolution; default the model's native one (768 for SD 2-1, the paper's).
+        seed: base seed; per-image randomness is derived from it and the image content.
+        batch_size: rows per UNet call (images × E are chunked to this).
+        cache_dir: optional folder for latents and features (safetensors, keyed by content and settings).
+        early_exit: stop the UNet after the deepest requested block.
+    """
+
+    def __init__(
+        self,
+        sd,
+        layers: Sequence[int] = (1,),
+        timestep: int = 50,
+        ensemble: int = 8,
+        latent: str = "sample",
+        img_size: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        cache_dir: str | Path | None = None,
+        early_exit: bool = True,
+    ):
+        if latent not in LATENT_MODES:
+            raise ValueError(f"latent must be one of {LATENT_MODES}, got {latent!r}")
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        if not 0 <= timestep < len(sd.alphas_cumprod):
+            raise ValueError(f"timestep must be in [0, {len(sd.alphas_cumprod) - 1}], got {timestep}")
+        img_size = sd.native_img_size if img_size is None else int(img_size)
+        if img_size % (sd.vae_scale * 8):
+            raise ValueError(f"img_size must be a multiple of {sd.vae_scale * 8}, got {img_size}")
+        self.sd = sd
+        self.layers = tuple(sorted(set(int(l) for l in layers)))
+        if any(l not in UP_BLOCKS for l in self.layers):
+            raise ValueError(f"layers must be a subset of {UP_BLOCKS}, got {layers}")
+        self.timestep, self.ensemble, self.latent, self.img_size = int(timestep), int(ensemble), latent, int(img_size)
+        self.seed, self.batch_size, self.early_exit = int(seed), int(batch_size), early_exit
+        self.cache = TensorCache(cache_dir) if cache_dir else None
+        self._latents: dict[str, torch.Tensor] = {}
+
+    def settings(self) -> dict:
+        """Everything that changes the features (recorded in result files and cache keys)."""
+        return {
+            "model_fingerprint": self.sd.identity["fingerprint"],
+            "precision": self.sd.identity.get("precision"),
+            "layers": list(self.layers),
+            "timestep": self.timestep,
+            "ensemble": self.ensemble,
+            "latent": self.latent,
+            "img_size": self.img_size,
+            "seed": self.seed,
+        }
+
+    def _latent_key(self, ikey: str) -> str:
+        s = self.settings()
+        parts = [s["model_fingerprint"], s["precision"], s["latent"], s["img_size"], s["seed"], ikey]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+    def _feature_key(self, ikey: str, ckey: str) -> str:
+        parts = [self._latent_key(ikey), self.timestep, self.ensemble, self.layers, ckey]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+    @torch.no_grad()
+    def latents(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """VAE latents ``z_0`` (× scaling factor), one VAE pass per image: ``(B, 4, S/8, S/8)`` float32 on device."""
+        keys = [image_key(im) for im in images]
+        todo = [i for i, k in enumerate(keys) if self._latent_key(k) not in self._latents]
+        if self.cache is not None:
+            for i in list(todo):
+                hit = self.cache.get("latents", self._latent_key(keys[i]))
+                if hit is not None:
+                    self._latents[self._latent_key(keys[i])] = hit["z0"]
+                    todo.remove(i)
+        vae = self.sd.vae
+        for start in range(0, len(todo), self.batch_size):
+            idx = todo[start : start + self.batch_size]
+            x = torch.stack([preprocess(images[i], self.img_size) for i in idx]).to(self.sd.device, self.sd.dtype)
+            dist = vae.encode(x).latent_dist
+            mean, std = dist.mean.float(), dist.std.float()
+            for j, i in enumerate(idx):
+                if self.latent == "sample":
+                    g = torch.Generator().manual_seed(_seed_for(self.seed, keys[i], "latent"))
+                    eps = torch.randn(mean.shape[1:], generator=g).to(mean.device)
+                    z = mean[j] + std[j] * eps
+                else:
+                    z = mean[j]
+                z = (z * vae.config.scaling_factor).cpu()
+                lk = self._latent_key(keys[i])
+                self._latents[lk] = z
+                if self.cache is not None:
+                    self.cache.put("latents", lk, {"z0": z}, {"settings": self.settings(), "image": keys[i]})
+        return torch.stack([self._latents[self._latent_key(k)] for k in keys]).to(self.sd.device)
+
+    def noise(self, images_keys: Sequence[str], shape: tuple[int, ...]) -> torch.Tensor:
+        """``(B, E, 4, h, w)`` ensemble noise, drawn per image from ``(seed, image content)`` on the CPU."""
+        out = []
+        for k in images_keys:
+            g = torch.Generator().manual_seed(_seed_for(self.seed, k, "noise"))
+            out.append(torch.randn((self.ensemble, *shape), generator=g))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def features_from_latents(
+        self, z0: torch.Tensor, cond: torch.Tensor, image_keys: Sequence[str]
+    ) -> dict[int, torch.Tensor]:
+        """Noise each latent E times, run the UNet (chunked), average over E.
+
+        Args:
+            z0: ``(B, 4, h, w)`` clean latents.
+            cond: ``(1, 77, D)`` shared or ``(B, 77, D)`` per-image conditioning.
+            image_keys: content keys of the B images (seed the noise).
+
+        Returns:
+            ``{l: (B, C_l, h_l, w_l)}`` float32 on the model's device.
+        """
+        b, e = z0.shape[0], self.ensemble
+        noise = self.noise(image_keys, tuple(z0.shape[1:])).to(z0.device)
+        z_t = add_noise(z0[:, None].float(), noise, self.timestep, self.sd.alphas_cumprod).flatten(0, 1)
+        cond = cond.to(self.sd.device, self.sd.dtype)
+        cond_rows = cond.expand(b, -1, -1) if cond.shape[0] == 1 else cond
+        cond_rows = cond_rows.repeat_interleave(e, dim=0)
+        chunks: dict[int, list[torch.Tensor]] = {l: [] for l in self.layers}
+        for s in range(0, b * e, self.batch_size):
+            out = unet_readout(
+                self.sd.unet,
+                z_t[s : s + self.batch_size].to(self.sd.dtype),
+                self.timestep,
+                cond_rows[s : s + self.batch_size],
+                self.layers,
+                self.early_exit,
+            )
+            for l in self.layers:
+                chunks[l].append(out[l].float())
+        return {l: torch.cat(chunks[l]).unflatten(0, (b, e)).mean(dim=1) for l in self.layers}
+
+    def __call__(self, images: Sequence[Image.Image], cond: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Features of ``images`` under conditioning ``cond`` (``(1|B, 77, D)``): ``{l: (B, C_l, h_l, w_l)}``
+        float32 on the model's device. Uses the on-disk cache when one is configured."""
+        keys = [image_key(im) for im in images]
+        per_image = cond.shape[0] == len(images) and len(images) > 1
+        ckeys = [conditioning_key(cond[i : i + 1] if per_image else cond[:1]) for i in range(len(images))]
+        fkeys = [self._feature_key(k, c) for k, c in zip(keys, ckeys)]
+        result: list[dict[str, torch.Tensor] | None] = [None] * len(images)
+        if self.cache is not None:
+            result = [self.cache.get("features", fk) for fk in fkeys]
+        todo = [i for i, r in enumerate(result) if r is None]
+        if todo:
+            z0 = self.latents([images[i] for i in todo])
+            c = cond[todo] if per_image else cond[:1]
+            feats = self.features_from_latents(z0, c, [keys[i] for i in todo])
+            for j, i in enumerate(todo):
+                result[i] = {f"up{l}": feats[l][j].cpu() for l in self.layers}
+                if self.cache is not None:
+                    meta = {"settings": self.settings(), "image": keys[i], "conditioning": ckeys[i]}
+                    self.cache.put("features", fkeys[i], result[i], meta)
+        return {l: torch.stack([r[f"up{l}"] for r in result]).to(self.sd.device) for l in self.layers}

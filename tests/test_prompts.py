@@ -1,0 +1,29 @@
+"""Fixed prompts: the template, PF-Willow's mapping, the empty prompt."""
+
+import pytest
+import torch
+
+from sd4match_utils.prompts import category_word, encode_text, prompt_text, template_text
+
+
+@pytest.mark.parametrize("cat,word", [("car(G)", "car"), ("winebottle(wC)", "winebottle"), ("duck(S)", "duck"),
+                                      ("motorbike(M)", "motorbike"), ("aeroplane", "aeroplane")])
+def test_willow_mapping(cat, word):
+    assert category_word(cat) == word
+    assert template_text(cat) == f"a photo of a {word}"
+
+
+def test_prompt_kinds():
+    assert prompt_text("empty", "cat") == ""
+    assert prompt_text("text", "cat") == "a photo of a cat"
+    with pytest.raises(ValueError, match="unknown fixed prompt"):
+        prompt_text("single", "cat")
+
+
+def test_encode_text_shapes_and_empty(tiny_sd):
+    out = encode_text(tiny_sd, ["a photo of a car", ""])
+    assert out.shape == (2, 77, tiny_sd.text_dim)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])
+    # the empty prompt is BOS, EOS then padding: same as encoding it alone
+    torch.testing.assert_close(out[1:], encode_text(tiny_sd, [""]))
