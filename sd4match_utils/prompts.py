@@ -52,3 +52,199 @@ def encode_text(sd, texts: list[str]) -> torch.Tensor:
 def conditioning_key(cond: torch.Tensor) -> str:
     """A short content hash of a conditioning tensor (used in cache keys)."""
     return hashlib.sha256(cond.detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Learned prompts (SPEC §3): input embeddings that replace token + position embedding between BOS and EOS.
+# --------------------------------------------------------------------------------------------------------------
+
+N_PROMPT_TOKENS = 75
+PROMPT_KINDS = ("single", "class")
+PROMPT_FORMAT = "sd4match-prompt"
+
+
+def _special_ids(sd) -> tuple[int, int, int]:
+    tok = sd.tokenizer
+    return tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+
+
+def token_embeddings(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """The text encoder's own input embeddings, token + position: ``(B, 77)`` ids → ``(B, 77, D)``."""
+    return text_encoder.embeddings(input_ids=input_ids)
+
+
+def encode_embeddings(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """Run the frozen CLIP encoder on ready-made input rows (no position embedding is added here).
+
+    Same path as ``CLIPTextModel.forward`` after its embedding layer: causal mask → encoder → final layer norm.
+    Differentiable with respect to ``inputs_embeds``.
+
+    Args:
+        inputs_embeds: ``(B, 77, D)``.
+
+    Returns:
+        ``(B, 77, D)`` conditioning for the UNet.
+    """
+    from transformers.masking_utils import create_causal_mask
+
+    x = inputs_embeds.to(text_encoder.dtype)
+    import inspect
+
+    kwargs = {"config": text_encoder.config, "inputs_embeds": x, "attention_mask": None}
+    params = inspect.signature(create_causal_mask).parameters
+    for name in ("cache", "past_key_values", "cache_position"):  # differs across transformers 5.x releases
+        if name in params:
+            kwargs[name] = None
+    mask = create_causal_mask(**kwargs)
+    out = text_encoder.encoder(inputs_embeds=x, attention_mask=mask, is_causal=True)
+    return text_encoder.final_layer_norm(out.last_hidden_state)
+
+
+def frame_rows(sd, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fixed rows around ``n_tokens`` learned rows, as the tokenizer would frame a sentence of that length.
+
+    Returns:
+        ``bos (1, D)`` = token(BOS) + pos(0); ``eos (1, D)`` = token(EOS) + pos(n_tokens + 1);
+        ``pad (75 - n_tokens, D)`` = token(pad) + pos(n_tokens + 2 ...) (empty when ``n_tokens = 75``).
+    """
+    bos, eos, pad = _special_ids(sd)
+    ids = torch.full((1, 77), pad, dtype=torch.long, device=sd.device)
+    ids[0, 0], ids[0, n_tokens + 1] = bos, eos
+    with torch.no_grad():
+        rows = token_embeddings(sd.text_encoder, ids)[0].float()
+    return rows[:1], rows[n_tokens + 1 : n_tokens + 2], rows[n_tokens + 2 :]
+
+
+def random_vocab_init(sd, n_tokens: int = N_PROMPT_TOKENS, count: int = 1, generator=None) -> torch.Tensor:
+    """SPEC §3 initialisation: embed ``[BOS, n random vocabulary ids, EOS]`` (token + position) and keep the
+    ``n`` middle rows. Special tokens are never drawn. Returns ``(count, n_tokens, D)`` float32."""
+    bos, eos, pad = _special_ids(sd)
+    vocab = sd.text_encoder.config.vocab_size
+    allowed = torch.tensor([i for i in range(vocab) if i not in {bos, eos, pad}])
+    out = []
+    for _ in range(count):
+        pick = allowed[torch.randint(len(allowed), (n_tokens,), generator=generator)]
+        ids = torch.full((1, 77), pad, dtype=torch.long)
+        ids[0, 0], ids[0, 1 : n_tokens + 1], ids[0, n_tokens + 1] = bos, pick, eos
+        with torch.no_grad():
+            out.append(token_embeddings(sd.text_encoder, ids.to(sd.device))[0, 1 : n_tokens + 1].float().cpu())
+    return torch.stack(out)
+
+
+def text_init(sd, texts: list[str], n_tokens: int = N_PROMPT_TOKENS) -> torch.Tensor:
+    """Initialise from captions: rows 1..n of each caption's token + position embedding (padded as the
+    tokenizer pads). Returns ``(len(texts), n_tokens, D)`` float32."""
+    ids = sd.tokenizer(list(texts), padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return token_embeddings(sd.text_encoder, ids.to(sd.device))[:, 1 : n_tokens + 1].float().cpu()
+
+
+class LearnedPrompt(torch.nn.Module):
+    """Single (one prompt per dataset) or Class (one per category) learned prompt.
+
+    Parameter ``embeddings``: ``(K, n_tokens, D)``, K = 1 for Single, the number of categories for Class (indexed by
+    the sorted category list). :meth:`forward` frames the rows as ``[BOS | P_1..P_n | EOS | pad…]`` and runs the
+    frozen text encoder, giving the UNet's ``(B, 77, D)`` conditioning.
+    """
+
+    def __init__(self, kind: str, embeddings: torch.Tensor, categories: list[str] | None = None):
+        super().__init__()
+        if kind not in PROMPT_KINDS:
+            raise ValueError(f"prompt kind must be one of {PROMPT_KINDS}, got {kind!r}")
+        categories = sorted(categories or [])
+        if kind == "class" and embeddings.shape[0] != len(categories):
+            raise ValueError(f"class prompt needs one row per category: {embeddings.shape[0]} vs {len(categories)}")
+        if kind == "single" and embeddings.shape[0] != 1:
+            raise ValueError(f"single prompt must have shape (1, n, D), got {tuple(embeddings.shape)}")
+        if not 1 <= embeddings.shape[1] <= N_PROMPT_TOKENS:
+            raise ValueError(f"prompt length must be 1..{N_PROMPT_TOKENS}, got {embeddings.shape[1]}")
+        self.kind, self.categories = kind, categories
+        self.embeddings = torch.nn.Parameter(embeddings.detach().clone().float())
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @classmethod
+    def initialise(cls, sd, kind: str, categories: list[str] | None = None, n_tokens: int = N_PROMPT_TOKENS,
+                   init: str = "random", seed: int = 0) -> "LearnedPrompt":
+        """New prompt; ``init`` is ``"random"`` (SPEC: random vocabulary ids), ``"text"`` (the template of each
+        category, or ``"a photo of a object"`` for Single) or ``"empty"``."""
+        categories = sorted(categories or [])
+        count = len(categories) if kind == "class" else 1
+        if init == "random":
+            emb = random_vocab_init(sd, n_tokens, count, torch.Generator().manual_seed(seed))
+        elif init in ("text", "empty"):
+            names = categories if kind == "class" else ["object"]
+            emb = text_init(sd, [prompt_text(init, c) for c in names], n_tokens)
+        else:
+            raise ValueError(f"init must be 'random', 'text' or 'empty', got {init!r}")
+        return cls(kind, emb.to(sd.device), categories)
+
+    def rows(self, categories: list[str]) -> torch.Tensor:
+        """The learned rows for each category: ``(B, n_tokens, D)``."""
+        if self.kind == "single":
+            return self.embeddings.expand(len(categories), -1, -1)
+        try:
+            idx = [self.categories.index(c) for c in categories]
+        except ValueError:
+            missing = sorted(set(categories) - set(self.categories))
+            raise KeyError(f"class prompt has no entry for {missing}; it knows {self.categories}") from None
+        return self.embeddings[idx]
+
+    def forward(self, sd, categories: list[str]) -> torch.Tensor:
+        """Conditioning for a batch of categories: ``(B, 77, D)`` in the text encoder's dtype."""
+        rows = self.rows(categories)
+        bos, eos, pad = frame_rows(sd, self.n_tokens)
+        b = rows.shape[0]
+        seq = torch.cat([bos.expand(b, -1, -1), rows.to(bos.device), eos.expand(b, -1, -1),
+                         pad.expand(b, -1, -1)], dim=1)
+        return encode_embeddings(sd.text_encoder, seq)
+
+    # ---------------------------------------------------------------------------------------------- files
+    def save(self, path, sd, extra: dict | None = None):
+        """Write the prompt as safetensors (tensor ``embeddings``) with metadata: format, kind, categories,
+        shape, the model it belongs to (identity and a weight probe), and ``extra`` (training settings)."""
+        from .cache import atomic_save_tensors
+        from .models import weight_probe
+
+        meta = {"format": PROMPT_FORMAT, "format_version": "1", "kind": self.kind, "categories": self.categories,
+                "n_tokens": self.n_tokens, "text_dim": int(self.embeddings.shape[2]), "model": sd.identity,
+                "model_probe": weight_probe(sd), **(extra or {})}
+        return atomic_save_tensors(path, {"embeddings": self.embeddings.detach().float().cpu()}, meta)
+
+    @classmethod
+    def load(cls, path, sd, check_model: bool = True) -> "LearnedPrompt":
+        """Read a prompt file and check it fits ``sd``: raises ``ValueError`` naming the file and both shapes
+        when the width does not match, or both models when the prompt was learned on other weights."""
+        import json
+        from pathlib import Path
+
+        from safetensors import safe_open
+
+        from .models import same_weights, weight_probe
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: prompt file not found")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("embeddings")
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{path}: not a readable sd4match prompt file ({e})") from e
+        if meta.get("format") != PROMPT_FORMAT:
+            raise ValueError(f"{path}: not an sd4match prompt file (format={meta.get('format')!r})")
+        expected = (emb.shape[0], emb.shape[1], sd.text_dim)
+        if emb.ndim != 3 or emb.shape[2] != sd.text_dim:
+            raise ValueError(f"{path}: prompt of shape {tuple(emb.shape)} does not fit this model, whose text "
+                             f"encoder is {sd.text_dim}-d (expected shape {expected})")
+        if check_model and "model_probe" in meta:
+            if not same_weights(json.loads(meta["model_probe"]), weight_probe(sd)):
+                theirs = json.loads(meta.get("model", "{}"))
+                raise ValueError(f"{path}: prompt was learned for model {theirs.get('model')!r} "
+                                 f"(fingerprint {theirs.get('fingerprint')}), not for {sd.identity['model']!r} "
+                                 f"(fingerprint {sd.identity['fingerprint']}); pass check_model=False to force")
+        prompt = cls(meta["kind"], emb.to(sd.device), json.loads(meta["categories"]))
+        prompt.metadata = {k: meta[k] for k in meta}
+        return prompt

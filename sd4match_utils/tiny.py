@@ -64,6 +64,18 @@ SD21_VAE_CONFIG = dict(
     scaling_factor=0.18215,
 )
 
+#: SD 2-1's text encoder (OpenCLIP ViT-H/14 text tower, penultimate layer: 23 layers of width 1024).
+SD21_TEXT_CONFIG = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=512,
+)
+
 TINY_UNET_CONFIG = dict(
     SD21_UNET_CONFIG,
     sample_size=48,
@@ -151,6 +163,17 @@ def build_tiny_components(seed: int = 0) -> dict:
 
     The global RNG state is left untouched. Takes well under 2 s on a laptop CPU.
     """
+    return build_components(TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG, seed)
+
+
+def build_sd21_random_components(seed: int = 0) -> dict:
+    """SD 2-1's full-size architecture (865 M UNet parameters) with random weights, for shape, speed and
+    memory checks without a download (~4 GB of RAM in fp32; never used by the default tests)."""
+    return build_components(SD21_UNET_CONFIG, SD21_VAE_CONFIG, SD21_TEXT_CONFIG, seed)
+
+
+def build_components(unet_config: dict, vae_config: dict, text_config: dict, seed: int = 0) -> dict:
+    """Random-weight components from configs, deterministic from ``seed`` (global RNG untouched)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -161,12 +184,12 @@ def build_tiny_components(seed: int = 0) -> dict:
         bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["!"],
-        **TINY_TEXT_CONFIG,
+        **text_config,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**vae_config)
         text_encoder = CLIPTextModel(text_config)
         _calibrate_vae(vae)
     scheduler = DDIMScheduler.from_config(SD21_SCHEDULER_CONFIG)

@@ -169,7 +169,12 @@ def _flat_axes(axes, n: int, what: str) -> list[Axes]:
     return flat
 
 
-def _finish(fig: Figure, save) -> Figure:
+def _finish(fig: Figure, save, title: str | None = None, own: bool = False) -> Figure:
+    """Add the figure title, tidy the layout of a figure the function made itself, save when asked."""
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    if own:
+        fig.tight_layout()
     if save is not None:
         save_figure(fig, save)
     return fig
@@ -186,6 +191,7 @@ def plot_pca(
     img_size: int | None = None,
     joint: bool = True,
     layer_names: Mapping[int, str] | None = None,
+    title: str | None = None,
     axes=None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -199,6 +205,7 @@ def plot_pca(
         joint: share one PCA basis across the ``B`` images of a layer (the same colour then marks the same
             feature direction in every image); ``False`` fits each map alone.
         layer_names: optional column titles per layer (default ``"up_blocks[l]  C×h×w"``).
+        title: optional figure title.
         axes: ``B × (1 + L)`` axes to draw into (any shape with that many); default a new figure.
         save: optional path for :func:`save_figure`.
 
@@ -237,9 +244,7 @@ def plot_pca(
     for ax in grid.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    if axes is None:
-        fig.tight_layout()
-    return _finish(fig, save)
+    return _finish(fig, save, title, own=axes is None)
 
 
 def plot_similarity(
@@ -252,6 +257,7 @@ def plot_similarity(
     img_size: int | None = None,
     cmap: str = "jet",
     alpha: float = 0.55,
+    title: str | None = None,
     axes=None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -267,6 +273,7 @@ def plot_similarity(
         gt_xy: ``(2,)`` ground-truth target point (drawn in every target panel).
         img_size: display size of both images; default the source image's width (images should then be square).
         cmap, alpha: colour map and opacity of the heat-map.
+        title: optional figure title.
         axes: ``1 + M`` axes (``M`` maps); default a new figure with one row.
         save: optional path for :func:`save_figure`.
 
@@ -309,9 +316,7 @@ def plot_similarity(
         ax.set_yticks([])
     if len(flat) > 1 and (gt_xy is not None or any(p is not None for p in preds.values())):
         flat[-1].legend(loc="lower right", fontsize=7, framealpha=0.7)
-    if axes is None:
-        fig.tight_layout()
-    return _finish(fig, save)
+    return _finish(fig, save, title, own=axes is None)
 
 
 def plot_matches(
@@ -336,7 +341,7 @@ def plot_matches(
         save: optional path for :func:`save_figure`.
 
     Returns:
-        The figure (1 axes).
+        The figure (1 axes; its match lines have ``gid="match"``, the white separator ``gid="separator"``).
     """
     s = int(sample.img_size)
     src_kps = _points(sample.src_kps_r, "sample.src_kps_r")
@@ -355,10 +360,10 @@ def plot_matches(
     else:
         fig, own = ax.figure, False
     ax.imshow(canvas)
-    ax.axvline(s - 0.5, color="white", linewidth=1.0)
+    ax.axvline(s - 0.5, color="white", linewidth=1.0, gid="separator")
     for (x0, y0), (x1, y1), ok in zip(src_kps, pred, correct):
         colour = _OK if ok else _WRONG
-        ax.plot([x0, x1 + s], [y0, y1], color=colour, linewidth=1.2, alpha=0.9)
+        ax.plot([x0, x1 + s], [y0, y1], color=colour, linewidth=1.2, alpha=0.9, gid="match")
     ax.scatter(src_kps[:, 0], src_kps[:, 1], s=18, c="white", edgecolors="black", linewidths=0.6, zorder=3)
     ax.scatter(pred[:, 0] + s, pred[:, 1], s=22, c=np.where(correct, _OK, _WRONG), edgecolors="black",
                linewidths=0.6, zorder=4)
@@ -371,9 +376,7 @@ def plot_matches(
     ax.set_ylim(s - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
-    if own:
-        fig.tight_layout()
-    return _finish(fig, save)
+    return _finish(fig, save, own=own)
 
 
 def _pick(frame: pd.DataFrame, column: str, value, preferred) -> pd.DataFrame:
@@ -399,6 +402,7 @@ def plot_pck_grid(
     alpha: float | None = None,
     vmin: float = 0.0,
     vmax: float | None = None,
+    title: str | None = None,
     axes=None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -412,6 +416,7 @@ def plot_pck_grid(
         matcher, averaging, alpha: the slice to draw; left ``None`` they default to ``kernel_softmax``,
             ``per_image`` and 0.1 when several are present.
         vmin, vmax: colour (heat-map) or y-axis (line) range; ``vmax`` defaults to the data's maximum (at least 1).
+        title: optional figure title.
         axes: ``P`` axes for ``P`` prompts (plus one for the colour bar with ``kind="heatmap"``); default a new
             figure.
         save: optional path for :func:`save_figure`.
@@ -479,9 +484,7 @@ def plot_pck_grid(
     if kind == "heatmap":
         cbar = fig.colorbar(image, cax=flat[-1])
         cbar.set_label(label or "PCK")
-    if axes is None:
-        fig.tight_layout()
-    return _finish(fig, save)
+    return _finish(fig, save, title, own=axes is None)
 
 
 # --------------------------------------------------------------------------------------------------------------

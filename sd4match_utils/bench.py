@@ -1,0 +1,184 @@
+"""Speed and memory of feature extraction and of one training step, on SD 2-1's full-size architecture.
+
+Extraction strategies, per image, ensemble E:
+    dift      VAE encode repeated for every ensemble copy, whole UNet (the DIFT-style way)
+    original  VAE once, whole UNet (the original SD4Match way)
+    ours      VAE once, UNet stopped after the read-out block (early exit)
+    ours-cached  the same with the latent already cached (no VAE at all)
+Each runs in a given precision (weights and activations in that dtype). Training: one Adam step of a learned
+prompt on a batch of pairs (forward to ``up_blocks[1]``, Gaussian cross-entropy, backward into the prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .features import add_noise, unet_readout
+
+#: FLOP lower bounds at 768² (SPEC, issue text): VAE encoder and UNet up to ``up_blocks[1]``.
+FLOPS_768 = {"vae_encoder": 2.61e12, "unet_to_up1": 1.13e12}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return None
+
+
+def timed(fn, device: torch.device, repeats: int = 3, warmup: int = 1) -> tuple[float, float | None]:
+    """Median wall time (s) of ``fn()`` over ``repeats`` runs after ``warmup``, and peak GPU memory (GiB)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    _reset_peak(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), _peak_gib(device)
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """Measured dense matrix-multiply rate (TFLOP/s) of this device in ``dtype``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sec, _ = timed(lambda: a @ b, device, repeats=repeats, warmup=2)
+    return 2 * n**3 / sec / 1e12
+
+
+@dataclass
+class ExtractionCase:
+    strategy: str
+    img_size: int
+    ensemble: int
+    precision: str
+
+
+@torch.no_grad()
+def extraction_fn(sd, case: ExtractionCase, cond: torch.Tensor, image: torch.Tensor, z_cached: torch.Tensor):
+    """A closure extracting ``up_blocks[1]`` features of one image the way ``case.strategy`` does."""
+    e, dev = case.ensemble, sd.device
+    scale = sd.vae.config.scaling_factor
+    noise = torch.randn(e, 4, case.img_size // 8, case.img_size // 8, device=dev)
+    cond_e = cond.expand(e, -1, -1)
+
+    def unet(z0, early):
+        z_t = add_noise(z0.float(), noise, 50, sd.alphas_cumprod.to(dev)).to(sd.dtype)
+        return unet_readout(sd.unet, z_t, 50, cond_e, (1,), early_exit=early)[1].float().mean(0)
+
+    if case.strategy == "dift":
+        return lambda: unet(sd.vae.encode(image.expand(e, -1, -1, -1)).latent_dist.sample() * scale, False)
+    if case.strategy == "original":
+        return lambda: unet((sd.vae.encode(image).latent_dist.sample() * scale).expand(e, -1, -1, -1), False)
+    if case.strategy == "ours":
+        return lambda: unet((sd.vae.encode(image).latent_dist.sample() * scale).expand(e, -1, -1, -1), True)
+    if case.strategy == "ours-cached":
+        return lambda: unet(z_cached.expand(e, -1, -1, -1), True)
+    raise ValueError(case.strategy)
+
+
+def bench_extraction(sd, img_sizes=(768,), ensembles=(1, 8), strategies=("dift", "original", "ours", "ours-cached"),
+                     repeats: int = 3) -> list[dict]:
+    """Time every strategy × size × ensemble for the loaded model's precision; also checks that ``ours`` gives
+    the same features as ``original`` (same noise)."""
+    from .prompts import encode_text
+
+    dev = sd.device
+    cond = encode_text(sd, [""])
+    rows = []
+    for s in img_sizes:
+        g = torch.Generator().manual_seed(0)
+        image = (torch.rand(1, 3, s, s, generator=g) * 2 - 1).to(dev, sd.dtype)
+        with torch.no_grad():
+            z_cached = sd.vae.encode(image).latent_dist.mean * sd.vae.config.scaling_factor
+        for e in ensembles:
+            for strat in strategies:
+                case = ExtractionCase(strat, s, e, sd.identity.get("precision", "fp32"))
+                torch.manual_seed(0)
+                fn = extraction_fn(sd, case, cond, image, z_cached)
+                sec, peak = timed(fn, dev, repeats=repeats)
+                rows.append({**case.__dict__, "seconds_per_image": sec, "peak_gib": peak})
+        # early exit vs whole UNet on the same noised latents: the features must be identical
+        noise = torch.randn(2, 4, s // 8, s // 8, generator=torch.Generator().manual_seed(2)).to(dev)
+        z_t = add_noise(z_cached.float().expand(2, -1, -1, -1), noise, 50, sd.alphas_cumprod.to(dev)).to(sd.dtype)
+        with torch.no_grad():
+            early = unet_readout(sd.unet, z_t, 50, cond.expand(2, -1, -1), (1,), True)[1].float()
+            whole = unet_readout(sd.unet, z_t, 50, cond.expand(2, -1, -1), (1,), False)[1].float()
+        rows.append({"strategy": "check:early_exit_equals_full", "img_size": s, "ensemble": 2,
+                     "precision": sd.identity.get("precision"), "max_abs_diff": (early - whole).abs().max().item(),
+                     "equal": bool(torch.equal(early, whole))})
+    return rows
+
+
+def bench_train_step(sd, batch: int = 3, img_size: int = 768, gradient_checkpointing: bool = False,
+                     repeats: int = 3) -> dict:
+    """One optimisation step of a 75-token prompt on ``batch`` random pairs at ``img_size`` (latents given)."""
+    from .loss import batch_loss
+    from .prompts import LearnedPrompt
+
+    dev = sd.device
+    prompt = LearnedPrompt.initialise(sd, "single", n_tokens=75, seed=0).to(dev)
+    opt = torch.optim.Adam(prompt.parameters(), lr=1e-2)
+    h = img_size // 8
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(2 * batch, 4, h, h, generator=g).to(dev)
+    kps = [torch.rand(10, 2, generator=g) * (img_size - 1) for _ in range(2 * batch)]
+    if gradient_checkpointing:
+        sd.unet.enable_gradient_checkpointing()
+        sd.unet.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        cond = prompt(sd, ["x"] * batch).repeat(2, 1, 1)
+        noise = torch.randn_like(z0)
+        z_t = add_noise(z0, noise, 261, sd.alphas_cumprod.to(dev)).to(sd.dtype)
+        f = unet_readout(sd.unet, z_t, 261, cond, (1,))[1]
+        loss = batch_loss(f[:batch], f[batch:], [k.to(dev) for k in kps[:batch]],
+                          [k.to(dev) for k in kps[batch:]], img_size)
+        loss.backward()
+        opt.step()
+        return loss
+
+    try:
+        sec, peak = timed(step, dev, repeats=repeats)
+    finally:
+        if gradient_checkpointing:
+            sd.unet.disable_gradient_checkpointing()
+            sd.unet.eval()
+    return {"batch_pairs": batch, "img_size": img_size, "precision": sd.identity.get("precision"),
+            "gradient_checkpointing": gradient_checkpointing, "seconds_per_step": sec, "peak_gib": peak}
+
+
+def environment(device: torch.device) -> dict:
+    import diffusers
+
+    info = {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+            "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

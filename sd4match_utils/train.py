@@ -1,0 +1,330 @@
+"""Learning a prompt (SPEC §3, §5): Single or Class, with the UNet, VAE and text encoder frozen.
+
+Each optimiser step takes a *global batch* of ``batch_size × processes × grad_accum`` pairs in a seeded order,
+noises each image's latent once at t = 261, reads ``up_blocks[1]`` with the prompt as conditioning, and
+minimises the Gaussian-window cross-entropy. Gradients reach only the prompt. Under ``accelerate launch`` every
+process takes its share of the global batch and the prompt's gradient is averaged across processes before the
+step (the original code never synchronised its replicas), so N processes give the same prompt as one process
+with the same global batch.
+
+After every epoch the prompt is validated with nn-PCK@0.1 (one noise copy, test timestep) and the best one is kept.
+A single checkpoint file holds prompt, optimiser state and progress (written atomically), so ``resume=True``
+continues exactly where an interrupted run stopped: data order and noise are functions of (seed, epoch, step).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import atomic_save_tensors, atomic_write_json, atomic_write_text
+from .features import FeatureExtractor, add_noise, image_key, unet_readout
+from .loss import batch_loss
+from .prompts import LearnedPrompt
+
+LOG_COLUMNS = ["kind", "step", "epoch", "loss", "val_pck", "lr", "pairs_seen", "seconds"]
+
+
+@dataclass
+class TrainSettings:
+    """Everything that determines a training run (saved as ``settings.json`` and in every prompt file)."""
+
+    prompt_type: str
+    dataset: str
+    data_root: str
+    model: str = "tiny"
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int = 3
+    grad_accum: int = 1
+    lr: float = 1e-2
+    timestep: int = 261
+    val_timestep: int = 50
+    precision: str = "fp32"
+    device: str = "cpu"
+    seed: int = 0
+    img_size: int | None = None
+    n_tokens: int = 75
+    init: str = "random"
+    latent: str = "sample"
+    train_split: str = "trn"
+    val_split: str = "val"
+    train_limit: int | None = None
+    val_limit: int | None = None
+    save_every: int = 25
+    gradient_checkpointing: bool = False
+
+    def check(self) -> None:
+        if self.prompt_type not in ("single", "class"):
+            raise ValueError(f"prompt_type must be 'single' or 'class', got {self.prompt_type!r}")
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("give epochs or max_steps")
+        for name in ("batch_size", "grad_accum", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+def _process_state(device: str):
+    """(rank, world size, torch device); uses accelerate's process group when launched with several processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device == "cpu")
+        return state.process_index, state.num_processes, state.device if device != "cpu" else torch.device("cpu")
+    return 0, 1, torch.device(device)
+
+
+def _all_reduce_mean(t: torch.Tensor, world: int) -> None:
+    if world > 1:
+        torch.distributed.all_reduce(t)
+        t /= world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The seeded permutation of the ``n`` training pairs for one epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def _pair_noise(seed: int, step: int, slot: int, shape) -> torch.Tensor:
+    """``(2, *shape)`` noise for both images of the pair at position ``slot`` of step ``step``'s global batch
+    (the same whichever process handles that pair)."""
+    digest = hashlib.sha256(f"train-noise:{seed}:{step}:{slot}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.randn((2, *shape), generator=g)
+
+
+def validate(sd, prompt: LearnedPrompt, dataset, extractor: FeatureExtractor, limit: int | None = None) -> float:
+    """nn-PCK@0.1 (per image, resized space, percent) of ``prompt`` on ``dataset``."""
+    from .evaluate import LearnedPromptConditioning, predict
+    from .metrics import pck_records
+
+    df = predict(dataset, extractor, LearnedPromptConditioning(sd, prompt), ["nn"], extractor.layers[0], limit,
+                 progress=False)
+    recs = pck_records(df, alphas=(0.1,), spaces=("resized",), img_size=dataset.img_size, by_category=False)
+    return next(r["pck"] for r in recs if r["averaging"] == "per_image")
+
+
+class Trainer:
+    """Runs (or resumes) one training job into ``out_dir``.
+
+    Files: ``settings.json``; ``checkpoint.safetensors`` (prompt, Adam state, progress — one atomic file);
+    ``prompt_last.safetensors`` and ``prompt_best.safetensors`` (prompt files, see :class:`LearnedPrompt`);
+    ``log.csv`` (columns :data:`LOG_COLUMNS`); ``summary.json``.
+    """
+
+    def __init__(self, settings: TrainSettings, out_dir: str | Path, sd=None, progress: bool = True):
+        from .data import load_dataset
+        from .models import load_sd
+
+        settings.check()
+        self.s, self.out = settings, Path(out_dir)
+        self.rank, self.world, self.device = _process_state(settings.device)
+        self.sd = sd if sd is not None else load_sd(settings.model, self.device, settings.precision)
+        self.img_size = settings.img_size or self.sd.native_img_size
+        self.train_set = load_dataset(settings.dataset, settings.data_root, settings.train_split, self.img_size)
+        self.val_set = load_dataset(settings.dataset, settings.data_root, settings.val_split, self.img_size)
+        self.progress = progress and self.rank == 0
+        categories = self.train_set.categories if settings.prompt_type == "class" else None
+        self.prompt = LearnedPrompt.initialise(self.sd, settings.prompt_type, categories, settings.n_tokens,
+                                               settings.init, settings.seed).to(self.device)
+        self.optimizer = torch.optim.Adam(self.prompt.parameters(), lr=settings.lr)
+        use_scaler = settings.precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.latents = FeatureExtractor(self.sd, layers=(1,), timestep=settings.timestep, ensemble=1,
+                                        latent=settings.latent, img_size=self.img_size, seed=settings.seed)
+        self.val_extractor = FeatureExtractor(self.sd, layers=(1,), timestep=settings.val_timestep, ensemble=1,
+                                              latent=settings.latent, img_size=self.img_size, seed=settings.seed)
+        n = len(self.train_set) if settings.train_limit is None else min(settings.train_limit, len(self.train_set))
+        self.n_pairs = n
+        self.global_batch = settings.batch_size * self.world * settings.grad_accum
+        self.steps_per_epoch = n // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{n} training pairs cannot fill one global batch of {self.global_batch} "
+                             f"(batch_size × processes × grad_accum)")
+        total = settings.max_steps if settings.max_steps is not None else settings.epochs * self.steps_per_epoch
+        if settings.epochs is not None:
+            total = min(total, settings.epochs * self.steps_per_epoch)
+        self.total_steps = total
+        self.step, self.best_pck, self.best_step, self.log_rows = 0, -math.inf, 0, []
+
+    # -------------------------------------------------------------------------------------------- state
+    def _meta(self) -> dict:
+        return {"settings": asdict(self.s), "global_batch": self.global_batch, "processes": self.world,
+                "img_size": self.img_size}
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        tensors = {"prompt": self.prompt.embeddings.detach().float().cpu()}
+        for i, st in self.optimizer.state_dict()["state"].items():
+            for k, v in st.items():
+                tensors[f"adam.{i}.{k}"] = torch.as_tensor(v).detach().float().cpu().reshape(-1) if k == "step" \
+                    else v.detach().cpu()
+        progress = {"step": self.step, "best_pck": self.best_pck, "best_step": self.best_step,
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+        atomic_save_tensors(self.out / "checkpoint.safetensors", tensors, {"progress": progress, **self._meta()})
+        self.prompt.save(self.out / "prompt_last.safetensors", self.sd, {"step": self.step, **self._meta()})
+        self._write_log()
+
+    def load_checkpoint(self) -> bool:
+        from safetensors import safe_open
+
+        path = self.out / "checkpoint.safetensors"
+        if not path.is_file():
+            return False
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        saved = json.loads(meta["settings"])
+        mine = asdict(self.s)
+        differ = {k: (saved.get(k), v) for k, v in mine.items()
+                  if k not in ("epochs", "max_steps", "save_every") and saved.get(k) != v}
+        if differ:
+            raise ValueError(f"{path}: cannot resume, settings differ (saved, now): {differ}")
+        with torch.no_grad():
+            self.prompt.embeddings.copy_(tensors["prompt"].to(self.device))
+        state = {}
+        for key, v in tensors.items():
+            if key.startswith("adam."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v.reshape(())
+        if state:
+            self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+        progress = json.loads(meta["progress"])
+        self.step, self.best_pck, self.best_step = progress["step"], progress["best_pck"], progress["best_step"]
+        if progress.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(progress["scaler"])
+        log = self.out / "log.csv"
+        if log.is_file():  # drop rows written after the checkpoint (a crash between log and checkpoint writes)
+            rows = list(csv.DictReader(io.StringIO(log.read_text())))
+            self.log_rows = [r for r in rows if int(r["step"]) <= self.step]
+        return True
+
+    def _write_log(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
+        w.writeheader()
+        w.writerows(self.log_rows)
+        atomic_write_text(self.out / "log.csv", buf.getvalue())
+
+    # --------------------------------------------------------------------------------------------- steps
+    def _micro_batch(self, k: int) -> list[int]:
+        """Dataset indices of this process's micro-batch ``k`` at the current step (and their global slots)."""
+        epoch, within = divmod(self.step, self.steps_per_epoch)
+        order = epoch_order(self.n_pairs, self.s.seed, epoch)
+        start = within * self.global_batch + (k * self.world + self.rank) * self.s.batch_size
+        return [(int(order[start + j]), start - within * self.global_batch + j) for j in range(self.s.batch_size)]
+
+    def micro_loss(self, k: int) -> torch.Tensor:
+        picks = self._micro_batch(k)
+        samples = [self.train_set[i] for i, _ in picks]
+        images = [im for s in samples for im in (s.src_image, s.trg_image)]
+        z0 = self.latents.latents(images)  # (2B, 4, h, w), each image's VAE latent computed once and kept
+        noise = torch.cat([_pair_noise(self.s.seed, self.step, slot, z0.shape[1:]) for _, slot in picks])
+        z_t = add_noise(z0, noise.to(z0.device), self.s.timestep, self.sd.alphas_cumprod.to(z0.device))
+        cond = self.prompt(self.sd, [s.category for s in samples])  # (B, 77, D)
+        cond = cond.repeat_interleave(2, dim=0)  # both images of a pair share the pair's prompt
+        feats = unet_readout(self.sd.unet, z_t.to(self.sd.dtype), self.s.timestep, cond, (1,))[1]
+        f = feats.unflatten(0, (len(samples), 2))
+        kps = lambda attr: [torch.as_tensor(getattr(s, attr), dtype=torch.float32, device=z0.device) for s in samples]  # noqa: E731
+        return batch_loss(f[:, 0], f[:, 1], kps("src_kps_r"), kps("trg_kps_r"), self.img_size)
+
+    def train_step(self) -> float:
+        """One optimiser step over the global batch; returns the mean loss over processes and micro-batches."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for k in range(self.s.grad_accum):
+            loss = self.micro_loss(k) / self.s.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        grad = self.prompt.embeddings.grad
+        _all_reduce_mean(grad, self.world)
+        _all_reduce_mean(total, self.world)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return float(total)
+
+    def run_validation(self) -> float:
+        pck = validate(self.sd, self.prompt, self.val_set, self.val_extractor, self.s.val_limit) if self.rank == 0 else 0.0
+        if self.world > 1:  # only the main process validates; the others take its number
+            t = torch.tensor([pck], dtype=torch.float64)
+            torch.distributed.broadcast(t, 0)
+            pck = float(t)
+        return pck
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to ``total_steps`` (resuming from the checkpoint when ``resume``); returns the summary."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.load_checkpoint() if resume else False
+        if not resumed and self.rank == 0:
+            atomic_write_json(self.out / "settings.json", {**self._meta(), "model": self.sd.identity})
+        if not resumed:
+            pck0 = self.run_validation()
+            self.log_rows.append({"kind": "val", "step": 0, "epoch": 0, "loss": "", "val_pck": pck0,
+                                  "lr": self.s.lr, "pairs_seen": 0, "seconds": 0.0})
+            self._consider_best(pck0)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.s.prompt_type}",
+                   disable=not self.progress, unit="step")
+        t0 = time.perf_counter()
+        while self.step < self.total_steps:
+            loss = self.train_step()
+            epoch = self.step / self.steps_per_epoch
+            self.log_rows.append({"kind": "train", "step": self.step, "epoch": round(epoch, 4), "loss": loss,
+                                  "val_pck": "", "lr": self.s.lr, "pairs_seen": self.step * self.global_batch,
+                                  "seconds": round(time.perf_counter() - t0, 3)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                pck = self.run_validation()
+                self.log_rows.append({"kind": "val", "step": self.step, "epoch": round(epoch, 4), "loss": "",
+                                      "val_pck": pck, "lr": self.s.lr, "pairs_seen": self.step * self.global_batch,
+                                      "seconds": round(time.perf_counter() - t0, 3)})
+                self._consider_best(pck)
+                self.save_checkpoint()
+            elif self.step % self.s.save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        self.save_checkpoint()
+        _barrier(self.world)
+        return self.summary()
+
+    def _consider_best(self, pck: float) -> None:
+        if pck > self.best_pck:
+            self.best_pck, self.best_step = pck, self.step
+            if self.rank == 0:
+                self.prompt.save(self.out / "prompt_best.safetensors", self.sd,
+                                 {"step": self.step, "val_nn_pck@0.1": pck, **self._meta()})
+
+    def summary(self) -> dict:
+        vals = [r for r in self.log_rows if r["kind"] == "val"]
+        losses = [float(r["loss"]) for r in self.log_rows if r["kind"] == "train"]
+        s = {"steps": self.step, "total_steps": self.total_steps, "global_batch": self.global_batch,
+             "processes": self.world, "val_pck_before": float(vals[0]["val_pck"]) if vals else None,
+             "val_pck_last": float(vals[-1]["val_pck"]) if vals else None, "best_val_pck": self.best_pck,
+             "best_step": self.best_step, "first_loss": losses[0] if losses else None,
+             "last_loss": losses[-1] if losses else None, "model": self.sd.identity, **self._meta()}
+        if self.rank == 0:
+            atomic_write_json(self.out / "summary.json", s)
+        return s
+
+
+def train(settings: TrainSettings, out_dir, resume: bool = False, sd=None, progress: bool = True) -> dict:
+    """Train a Single or Class prompt; see :class:`Trainer` for the files written."""
+    return Trainer(settings, out_dir, sd=sd, progress=progress).fit(resume=resume)

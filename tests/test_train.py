@@ -1,0 +1,132 @@
+"""Training a prompt: only the prompt learns, the loss falls, resuming is exact, 2 processes = 1 process."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sd4match_utils.cli import main
+from sd4match_utils.prompts import LearnedPrompt
+from sd4match_utils.train import Trainer, TrainSettings, epoch_order, train
+
+IMG = 256  # small images keep CPU tests fast; the code path is the one used at 768
+
+
+def _settings(root, **kw):
+    base = dict(prompt_type="single", dataset="spair", data_root=str(root), max_steps=4, batch_size=2,
+                train_limit=4, val_limit=2, img_size=IMG, save_every=1, seed=0)
+    return TrainSettings(**{**base, **kw})
+
+
+def _losses(out):
+    return [float(r["loss"]) for r in csv.DictReader(open(out / "log.csv")) if r["kind"] == "train"]
+
+
+def test_only_the_prompt_gets_gradients(tiny_sd, synthetic_roots, tmp_path):
+    t = Trainer(_settings(synthetic_roots["spair"], prompt_type="class"), tmp_path, sd=tiny_sd, progress=False)
+    before = t.prompt.embeddings.detach().clone()
+    loss = t.train_step()
+    assert loss > 0
+    assert not torch.equal(before, t.prompt.embeddings), "the prompt moved"
+    for m in (tiny_sd.unet, tiny_sd.vae, tiny_sd.text_encoder):
+        assert all(not p.requires_grad and p.grad is None for p in m.parameters())
+    assert t.prompt.embeddings.shape == (len(t.train_set.categories), 75, tiny_sd.text_dim)
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a, b = epoch_order(10, 0, 0), epoch_order(10, 0, 1)
+    assert sorted(a.tolist()) == list(range(10)) and not torch.equal(a, b)
+    assert torch.equal(a, epoch_order(10, 0, 0))
+
+
+@pytest.mark.slow
+def test_loss_falls_when_overfitting_a_few_pairs(tiny_sd, synthetic_roots, tmp_path):
+    s = _settings(synthetic_roots["spair"], max_steps=8, train_limit=2, batch_size=2, lr=3e-2, save_every=100)
+    t = Trainer(s, tmp_path, sd=tiny_sd, progress=False)
+    with torch.no_grad():
+        before = t.micro_loss(0).item()  # the objective on step 0's pairs and noise
+    summary = t.fit()
+    t.step = 0
+    with torch.no_grad():
+        after = t.micro_loss(0).item()
+    assert after < before - 0.3, (before, after, _losses(tmp_path))
+    assert len(_losses(tmp_path)) == 8
+    for name in ("settings.json", "checkpoint.safetensors", "prompt_best.safetensors", "prompt_last.safetensors",
+                 "log.csv", "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    assert summary["val_pck_before"] is not None and 0 <= summary["best_val_pck"] <= 100
+    assert LearnedPrompt.load(tmp_path / "prompt_best.safetensors", tiny_sd).kind == "single"
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_is_exact(tiny_sd, synthetic_roots, tmp_path, monkeypatch):
+    s = _settings(synthetic_roots["spair"], max_steps=5, train_limit=6, batch_size=2)
+    train(s, tmp_path / "straight", sd=tiny_sd, progress=False)
+    # interrupted after 3 steps (crash inside step 4), then resumed
+    real_step = Trainer.train_step
+    calls = {"n": 0}
+
+    def crashing(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(s, tmp_path / "resumed", sd=tiny_sd, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    ckpt = json.loads(__import__("safetensors").safe_open(str(tmp_path / "resumed" / "checkpoint.safetensors"),
+                                                          "pt").metadata()["progress"])
+    assert ckpt["step"] == 3
+    train(s, tmp_path / "resumed", resume=True, sd=tiny_sd, progress=False)
+    a = load_file(tmp_path / "straight" / "checkpoint.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoint.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert _losses(tmp_path / "straight") == pytest.approx(_losses(tmp_path / "resumed"), rel=1e-5)
+
+
+def test_resume_refuses_other_settings(tiny_sd, synthetic_roots, tmp_path):
+    train(_settings(synthetic_roots["spair"], max_steps=1), tmp_path, sd=tiny_sd, progress=False)
+    with pytest.raises(ValueError, match="settings differ.*lr"):
+        train(_settings(synthetic_roots["spair"], max_steps=2, lr=0.5), tmp_path, resume=True, sd=tiny_sd,
+              progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_same_global_batch(tiny_sd, synthetic_roots, tmp_path):
+    common = ["train", "--prompt-type", "class", "--dataset", "spair", "--data-root", str(synthetic_roots["spair"]),
+              "--max-steps", "2", "--train-limit", "4", "--val-limit", "1", "--img-size", str(IMG), "--quiet"]
+    assert main(common + ["--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "sd4match_utils.cli",
+           *common, "--batch-size", "1", "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "checkpoint.safetensors")
+    two = load_file(tmp_path / "two" / "checkpoint.safetensors")
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 2
+    torch.testing.assert_close(one["prompt"], two["prompt"], rtol=1e-4, atol=1e-5)
+    # and not trivially: the prompt moved away from its initialisation
+    from sd4match_utils.data import load_dataset
+
+    cats = load_dataset("spair", synthetic_roots["spair"], "trn", IMG).categories
+    init = LearnedPrompt.initialise(tiny_sd, "class", cats, 75, "random", seed=0).embeddings.detach()
+    assert (one["prompt"] - init).abs().max() > 1e-3
