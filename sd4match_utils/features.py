@@ -160,6 +160,7 @@ class FeatureExtractor:
         self.seed, self.batch_size, self.early_exit = int(seed), int(batch_size), early_exit
         self.cache = TensorCache(cache_dir) if cache_dir else None
         self._latents: dict[str, torch.Tensor] = {}
+        self.extracted = 0  # images whose features this extractor computed (cache hits not counted)
 
     def settings(self) -> dict:
         """Everything that changes the features (recorded in result files and cache keys)."""
@@ -268,6 +269,7 @@ class FeatureExtractor:
             result = [self.cache.get("features", fk) for fk in fkeys]
         todo = [i for i, r in enumerate(result) if r is None]
         if todo:
+            self.extracted += len(todo)
             z0 = self.latents([images[i] for i in todo])
             c = cond[todo] if per_image else cond[:1]
             feats = self.features_from_latents(z0, c, [keys[i] for i in todo])

@@ -78,6 +78,18 @@ class SDModel:
         return folder
 
 
+def freeze(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a frozen component to ``device`` / ``dtype``, in eval mode with ``requires_grad`` off."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # silence "cast with to()" advice: no module here must stay fp32
+    try:
+        return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def _fingerprint_modules(*modules: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for m in modules:
@@ -141,22 +153,27 @@ def resolve_model_folder(model: str) -> tuple[Path, str]:
             )
         return path, "folder"
 
+    patterns = ["model_index.json", *[f"{c}/*" for c in COMPONENTS]]
+    return hub_snapshot(model, patterns, "Stable Diffusion weights", _download_hint(model)), "hub"
+
+
+def hub_snapshot(model_id: str, patterns: list[str], what: str, hint: str) -> Path:
+    """The local folder of a Hugging Face repository: the cached snapshot when there is one; else, when the Hub
+    can be used, a download; else an immediate :class:`ModelNotAvailableError` (``what`` names the weights in
+    the message, ``hint`` says how to get them)."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["model_index.json", *[f"{c}/*" for c in COMPONENTS]]
     try:
-        return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=True)), "hub"
+        return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
     except Exception:
         pass
     if _hub_offline() or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hugging Face Hub cannot be reached"
-        raise ModelNotAvailableError(
-            f"Stable Diffusion weights '{model}' are not in the local cache and {why}.\n" + _download_hint(model)
-        )
+        raise ModelNotAvailableError(f"{what} '{model_id}' are not in the local cache and {why}.\n" + hint)
     try:
-        return Path(snapshot_download(model, allow_patterns=patterns)), "hub"
+        return Path(snapshot_download(model_id, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - re-raised with advice
-        raise ModelNotAvailableError(f"could not download '{model}': {e}\n" + _download_hint(model)) from e
+        raise ModelNotAvailableError(f"could not download '{model_id}': {e}\n" + hint) from e
 
 
 def load_sd(
@@ -212,15 +229,8 @@ def load_sd(
             "fingerprint": _fingerprint_folder(folder),
             "fingerprint_of": "config files and weight-file sizes",
         }
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # silence "cast with to()" advice: no module here must stay fp32
-    try:
-        for name in ("unet", "vae", "text_encoder"):
-            parts[name].to(device=device, dtype=dtype).eval().requires_grad_(False)
-    finally:
-        diffusers_logging.set_verbosity(level)
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name] = freeze(parts[name], device, dtype)
     identity["precision"] = precision
     return SDModel(**parts, identity=identity, device=device, dtype=dtype)
 

@@ -21,6 +21,26 @@ def category_word(category: str) -> str:
     return re.sub(r"\(.*\)$", "", category).strip()
 
 
+#: Cross-dataset mapping for Class prompts (SPEC §8: PF-Pascal prompts evaluated on PF-Willow). A category the
+#: prompt does not know is first reduced to its word (:func:`category_word`: ``car(G)`` → ``car``), then mapped
+#: here to a PF-Pascal / SPair-71k category (:func:`resolve_category`).
+CATEGORY_ALIASES = {"winebottle": "bottle", "duck": "bird", "airplane": "aeroplane", "motorcycle": "motorbike",
+                    "tv": "tvmonitor"}
+
+
+def resolve_category(category: str, known: list[str]) -> str | None:
+    """The entry of ``known`` that stands for ``category``: itself, its word (``car(G)`` → ``car``), or that
+    word's :data:`CATEGORY_ALIASES` entry (``winebottle(M)`` → ``bottle``, ``duck(S)`` → ``bird``); ``None``
+    when none of them is known."""
+    if category in known:
+        return category
+    word = category_word(category)
+    for name in (word, CATEGORY_ALIASES.get(word)):
+        if name in known:
+            return name
+    return None
+
+
 def template_text(category: str) -> str:
     """``"a photo of a {category}"`` with the PF-Willow mapping applied."""
     return TEMPLATE.format(category_word(category))
@@ -147,6 +167,8 @@ class LearnedPrompt(torch.nn.Module):
     frozen text encoder, giving the UNet's ``(B, 77, D)`` conditioning.
     """
 
+    pair_dependent = False  # the conditioning depends only on the category, never on the images
+
     def __init__(self, kind: str, embeddings: torch.Tensor, categories: list[str] | None = None):
         super().__init__()
         if kind not in PROMPT_KINDS:
@@ -182,15 +204,16 @@ class LearnedPrompt(torch.nn.Module):
         return cls(kind, emb.to(sd.device), categories)
 
     def rows(self, categories: list[str]) -> torch.Tensor:
-        """The learned rows for each category: ``(B, n_tokens, D)``."""
+        """The learned rows for each category: ``(B, n_tokens, D)``. A Class prompt maps a category it does not
+        know through :func:`resolve_category` (PF-Willow ``winebottle(M)`` → ``bottle``)."""
         if self.kind == "single":
             return self.embeddings.expand(len(categories), -1, -1)
-        try:
-            idx = [self.categories.index(c) for c in categories]
-        except ValueError:
-            missing = sorted(set(categories) - set(self.categories))
-            raise KeyError(f"class prompt has no entry for {missing}; it knows {self.categories}") from None
-        return self.embeddings[idx]
+        names = [resolve_category(c, self.categories) for c in categories]
+        if None in names:
+            missing = sorted({c for c, n in zip(categories, names) if n is None})
+            raise KeyError(f"class prompt has no entry for {missing} (nor through CATEGORY_ALIASES); "
+                           f"it knows {self.categories}")
+        return self.embeddings[[self.categories.index(n) for n in names]]
 
     def forward(self, sd, categories: list[str]) -> torch.Tensor:
         """Conditioning for a batch of categories: ``(B, 77, D)`` in the text encoder's dtype."""
@@ -201,50 +224,97 @@ class LearnedPrompt(torch.nn.Module):
                          pad.expand(b, -1, -1)], dim=1)
         return encode_embeddings(sd.text_encoder, seq)
 
+    # ------------------------------------------------------------------------- the interface training uses
+    def condition(self, sd, samples) -> torch.Tensor:
+        """Conditioning of a batch of pairs (``PairSample``-like objects with ``.category``): ``(B, 77, D)``."""
+        return self(sd, [s.category for s in samples])
+
+    def cache_key(self, sample) -> str:
+        """Pairs with equal keys get the same conditioning (so features can be reused across them)."""
+        return "*" if self.kind == "single" else resolve_category(sample.category, self.categories) or sample.category
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Adam parameter groups (one learning rate for the embeddings)."""
+        return [{"params": [self.embeddings], "lr": lr}]
+
+    def describe(self) -> dict:
+        return {"prompt": self.kind, "n_tokens": self.n_tokens, "categories": self.categories}
+
     # ---------------------------------------------------------------------------------------------- files
     def save(self, path, sd, extra: dict | None = None):
         """Write the prompt as safetensors (tensor ``embeddings``) with metadata: format, kind, categories,
         shape, the model it belongs to (identity and a weight probe), and ``extra`` (training settings)."""
-        from .cache import atomic_save_tensors
-        from .models import weight_probe
-
-        meta = {"format": PROMPT_FORMAT, "format_version": "1", "kind": self.kind, "categories": self.categories,
-                "n_tokens": self.n_tokens, "text_dim": int(self.embeddings.shape[2]), "model": sd.identity,
-                "model_probe": weight_probe(sd), **(extra or {})}
-        return atomic_save_tensors(path, {"embeddings": self.embeddings.detach().float().cpu()}, meta)
+        meta = {"categories": self.categories, "n_tokens": self.n_tokens, **(extra or {})}
+        return write_prompt_file(path, sd, self.kind, {"embeddings": self.embeddings}, meta)
 
     @classmethod
     def load(cls, path, sd, check_model: bool = True) -> "LearnedPrompt":
-        """Read a prompt file and check it fits ``sd``: raises ``ValueError`` naming the file and both shapes
-        when the width does not match, or both models when the prompt was learned on other weights."""
+        """Read a Single / Class prompt file and check it fits ``sd`` (see :func:`read_prompt_file`)."""
         import json
-        from pathlib import Path
 
-        from safetensors import safe_open
-
-        from .models import same_weights, weight_probe
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: prompt file not found")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-                emb = f.get_tensor("embeddings")
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{path}: not a readable sd4match prompt file ({e})") from e
-        if meta.get("format") != PROMPT_FORMAT:
-            raise ValueError(f"{path}: not an sd4match prompt file (format={meta.get('format')!r})")
-        expected = (emb.shape[0], emb.shape[1], sd.text_dim)
+        tensors, meta = read_prompt_file(path, sd, check_model)
+        emb = tensors["embeddings"]
         if emb.ndim != 3 or emb.shape[2] != sd.text_dim:
             raise ValueError(f"{path}: prompt of shape {tuple(emb.shape)} does not fit this model, whose text "
-                             f"encoder is {sd.text_dim}-d (expected shape {expected})")
-        if check_model and "model_probe" in meta:
-            if not same_weights(json.loads(meta["model_probe"]), weight_probe(sd)):
-                theirs = json.loads(meta.get("model", "{}"))
-                raise ValueError(f"{path}: prompt was learned for model {theirs.get('model')!r} "
-                                 f"(fingerprint {theirs.get('fingerprint')}), not for {sd.identity['model']!r} "
-                                 f"(fingerprint {sd.identity['fingerprint']}); pass check_model=False to force")
+                             f"encoder is {sd.text_dim}-d (expected shape {(emb.shape[0], emb.shape[1], sd.text_dim)})")
         prompt = cls(meta["kind"], emb.to(sd.device), json.loads(meta["categories"]))
-        prompt.metadata = {k: meta[k] for k in meta}
+        prompt.metadata = meta
         return prompt
+
+
+def write_prompt_file(path, sd, kind: str, tensors: dict[str, torch.Tensor], meta: dict | None = None):
+    """Save prompt tensors (safetensors, atomically) with the metadata every prompt file carries: format, kind,
+    ``text_dim``, the model it was learned on (identity and weight probe), plus ``meta``."""
+    from .cache import atomic_save_tensors
+    from .models import weight_probe
+
+    header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind, "text_dim": sd.text_dim,
+              "model": sd.identity, "model_probe": weight_probe(sd)}
+    return atomic_save_tensors(path, {k: v.detach().float().cpu() for k, v in tensors.items()},
+                               {**header, **(meta or {})})
+
+
+def read_prompt_file(path, sd, check_model: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a prompt file's tensors and metadata, checking that it is one and that it belongs to ``sd``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a prompt file, or learned on other weights (the message names both models).
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from .models import same_weights, weight_probe
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prompt file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: not a readable sd4match prompt file ({e})") from e
+    if meta.get("format") != PROMPT_FORMAT:
+        raise ValueError(f"{path}: not an sd4match prompt file (format={meta.get('format')!r})")
+    if check_model and "model_probe" in meta and int(meta.get("text_dim", sd.text_dim)) == sd.text_dim:
+        if not same_weights(json.loads(meta["model_probe"]), weight_probe(sd)):
+            theirs = json.loads(meta.get("model", "{}"))
+            raise ValueError(f"{path}: prompt was learned for model {theirs.get('model')!r} "
+                             f"(fingerprint {theirs.get('fingerprint')}), not for {sd.identity['model']!r} "
+                             f"(fingerprint {sd.identity['fingerprint']}); pass check_model=False to force")
+    return tensors, meta
+
+
+def load_prompt(path, sd, check_model: bool = True, **cpm_options):
+    """Load any prompt file (Single, Class or CPM) as the module that produces its conditioning.
+
+    ``cpm_options`` (``dino``, ``dino_cache``) go to :meth:`ConditionalPrompt.load` and are ignored otherwise."""
+    _, meta = read_prompt_file(path, sd, check_model=False)
+    if meta.get("kind") == "cpm":
+        from .cpm import ConditionalPrompt
+
+        return ConditionalPrompt.load(path, sd, check_model, **cpm_options)
+    return LearnedPrompt.load(path, sd, check_model)

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .evaluate import ConditioningProvider
+from .evaluate import FixedPromptConditioning
 from .features import FeatureExtractor, image_key
 from .matching import cosine_maps, match_all, pixel_to_grid, sample_descriptors
 from .metrics import pck_records
@@ -237,7 +237,7 @@ def sweep_predictions(
     prompts = tuple(prompts)
     _check_sweep_args(layers, timesteps, prompts)
     img_size = dataset.img_size
-    providers = {p: ConditioningProvider(sd, p) for p in prompts}
+    providers = {p: FixedPromptConditioning(sd, p) for p in prompts}
     common = dict(layers=layers, ensemble=ensemble, latent=latent, img_size=img_size, seed=seed, batch_size=batch_size)
     extractors = {t: FeatureExtractor(sd, timestep=t, **common) for t in timesteps}
     vae_side = extractors[timesteps[0]]  # its latent store is shared: latents do not depend on t or the prompt

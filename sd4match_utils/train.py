@@ -1,4 +1,4 @@
-"""Learning a prompt (SPEC §3, §5): Single or Class, with the UNet, VAE and text encoder frozen.
+"""Learning a prompt (SPEC §3–§5): Single, Class or CPM, with the UNet, VAE, text encoder (and DINOv2) frozen.
 
 Each optimiser step takes a *global batch* of ``batch_size × processes × grad_accum`` pairs in a seeded order,
 noises each image's latent once at t = 261, reads ``up_blocks[1]`` with the prompt as conditioning, and
@@ -31,6 +31,7 @@ from .features import FeatureExtractor, add_noise, image_key, unet_readout
 from .loss import batch_loss
 from .prompts import LearnedPrompt
 
+PROMPT_TYPES = ("single", "class", "cpm")
 LOG_COLUMNS = ["kind", "step", "epoch", "loss", "val_pck", "lr", "pairs_seen", "seconds"]
 
 
@@ -62,10 +63,25 @@ class TrainSettings:
     val_limit: int | None = None
     save_every: int = 25
     gradient_checkpointing: bool = False
+    # CPM only (SPEC §4): linear-layer learning rate, token counts, ablation modes, DINOv2 (None: "tiny" for the
+    # tiny model, else facebook/dinov2-base) and an optional DINOv2 feature cache (results do not depend on it)
+    lr_linear: float = 1e-3
+    n_global: int = 25
+    n_cond: int = 50
+    cpm_mode: str = "pair"
+    cpm_features: str = "patch"
+    dino: str | None = None
+    dino_cache: str | None = None
+
+    def __post_init__(self):
+        if self.dino is None:
+            from .dino import DEFAULT_DINO_ID
+
+            self.dino = "tiny" if self.model == "tiny" else DEFAULT_DINO_ID
 
     def check(self) -> None:
-        if self.prompt_type not in ("single", "class"):
-            raise ValueError(f"prompt_type must be 'single' or 'class', got {self.prompt_type!r}")
+        if self.prompt_type not in PROMPT_TYPES:
+            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}")
         if self.epochs is None and self.max_steps is None:
             raise ValueError("give epochs or max_steps")
         for name in ("batch_size", "grad_accum", "save_every"):
@@ -109,6 +125,20 @@ def _pair_noise(seed: int, step: int, slot: int, shape) -> torch.Tensor:
     return torch.randn((2, *shape), generator=g)
 
 
+def make_prompt(settings: TrainSettings, sd, categories: list[str]):
+    """A freshly initialised prompt module of ``settings.prompt_type`` (:class:`LearnedPrompt` or, for ``"cpm"``,
+    :class:`~sd4match_utils.cpm.ConditionalPrompt` with its DINOv2 attached)."""
+    if settings.prompt_type == "cpm":
+        from .cpm import ConditionalPrompt
+        from .dino import DinoFeatures
+
+        dino = DinoFeatures(settings.dino, device=sd.device, cache_dir=settings.dino_cache)
+        return ConditionalPrompt.initialise(sd, dino, settings.n_global, settings.n_cond, settings.cpm_mode,
+                                            settings.cpm_features, settings.lr_linear, settings.seed)
+    cats = categories if settings.prompt_type == "class" else None
+    return LearnedPrompt.initialise(sd, settings.prompt_type, cats, settings.n_tokens, settings.init, settings.seed)
+
+
 def validate(sd, prompt: LearnedPrompt, dataset, extractor: FeatureExtractor, limit: int | None = None) -> float:
     """nn-PCK@0.1 (per image, resized space, percent) of ``prompt`` on ``dataset``."""
     from .evaluate import LearnedPromptConditioning, predict
@@ -140,10 +170,8 @@ class Trainer:
         self.train_set = load_dataset(settings.dataset, settings.data_root, settings.train_split, self.img_size)
         self.val_set = load_dataset(settings.dataset, settings.data_root, settings.val_split, self.img_size)
         self.progress = progress and self.rank == 0
-        categories = self.train_set.categories if settings.prompt_type == "class" else None
-        self.prompt = LearnedPrompt.initialise(self.sd, settings.prompt_type, categories, settings.n_tokens,
-                                               settings.init, settings.seed).to(self.device)
-        self.optimizer = torch.optim.Adam(self.prompt.parameters(), lr=settings.lr)
+        self.prompt = make_prompt(settings, self.sd, self.train_set.categories).to(self.device)
+        self.optimizer = torch.optim.Adam(self.prompt.param_groups(settings.lr))
         use_scaler = settings.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.latents = FeatureExtractor(self.sd, layers=(1,), timestep=settings.timestep, ensemble=1,
@@ -171,7 +199,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.rank != 0:
             return
-        tensors = {"prompt": self.prompt.embeddings.detach().float().cpu()}
+        tensors = {f"prompt.{k}": v.detach().float().cpu() for k, v in self.prompt.state_dict().items()}
         for i, st in self.optimizer.state_dict()["state"].items():
             for k, v in st.items():
                 tensors[f"adam.{i}.{k}"] = torch.as_tensor(v).detach().float().cpu().reshape(-1) if k == "step" \
@@ -194,11 +222,11 @@ class Trainer:
         saved = json.loads(meta["settings"])
         mine = asdict(self.s)
         differ = {k: (saved.get(k), v) for k, v in mine.items()
-                  if k not in ("epochs", "max_steps", "save_every") and saved.get(k) != v}
+                  if k not in ("epochs", "max_steps", "save_every", "dino_cache") and saved.get(k) != v}
         if differ:
             raise ValueError(f"{path}: cannot resume, settings differ (saved, now): {differ}")
-        with torch.no_grad():
-            self.prompt.embeddings.copy_(tensors["prompt"].to(self.device))
+        self.prompt.load_state_dict({k[len("prompt."):]: v.to(self.device) for k, v in tensors.items()
+                                     if k.startswith("prompt.")})
         state = {}
         for key, v in tensors.items():
             if key.startswith("adam."):
@@ -238,7 +266,7 @@ class Trainer:
         z0 = self.latents.latents(images)  # (2B, 4, h, w), each image's VAE latent computed once and kept
         noise = torch.cat([_pair_noise(self.s.seed, self.step, slot, z0.shape[1:]) for _, slot in picks])
         z_t = add_noise(z0, noise.to(z0.device), self.s.timestep, self.sd.alphas_cumprod.to(z0.device))
-        cond = self.prompt(self.sd, [s.category for s in samples])  # (B, 77, D)
+        cond = self.prompt.condition(self.sd, samples)  # (B, 77, D)
         cond = cond.repeat_interleave(2, dim=0)  # both images of a pair share the pair's prompt
         feats = unet_readout(self.sd.unet, z_t.to(self.sd.dtype), self.s.timestep, cond, (1,))[1]
         f = feats.unflatten(0, (len(samples), 2))
@@ -253,8 +281,9 @@ class Trainer:
             loss = self.micro_loss(k) / self.s.grad_accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
-        grad = self.prompt.embeddings.grad
-        _all_reduce_mean(grad, self.world)
+        for p in self.prompt.parameters():
+            if p.grad is not None:
+                _all_reduce_mean(p.grad, self.world)
         _all_reduce_mean(total, self.world)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -326,5 +355,5 @@ class Trainer:
 
 
 def train(settings: TrainSettings, out_dir, resume: bool = False, sd=None, progress: bool = True) -> dict:
-    """Train a Single or Class prompt; see :class:`Trainer` for the files written."""
+    """Train a Single, Class or CPM prompt; see :class:`Trainer` for the files written."""
     return Trainer(settings, out_dir, sd=sd, progress=progress).fit(resume=resume)

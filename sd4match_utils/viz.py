@@ -36,6 +36,7 @@ __all__ = [
     "plot_similarity",
     "plot_matches",
     "plot_pck_grid",
+    "plot_explorer",
     "save_figure",
 ]
 
@@ -484,6 +485,46 @@ def plot_pck_grid(
     if kind == "heatmap":
         cbar = fig.colorbar(image, cax=flat[-1])
         cbar.set_label(label or "PCK")
+    return _finish(fig, save, title, own=axes is None)
+
+
+def plot_explorer(
+    src_img,
+    trg_img,
+    results: Mapping,
+    img_size: int,
+    gt_xy=None,
+    title: str | None = None,
+    axes=None,
+    save: str | Path | None = None,
+) -> Figure:
+    """The match explorer's view as a static figure: the clicked source point, then one target panel per prompt
+    with the similarity heat-map, the prediction (white cross), the top-k candidates (numbered, best = 1) and the
+    ground truth (yellow dot) when given.
+
+    Args:
+        src_img, trg_img: PIL images (shown resized to ``img_size``).
+        results: ``{label: ClickResult}`` from :func:`~sd4match_utils.explorer.explore_click` (one click).
+        img_size: side of the resized images the results refer to.
+        gt_xy: ``(2,)`` ground-truth target point, or ``None``.
+        title, axes, save: as in :func:`plot_similarity` (``1 + len(results)`` axes).
+
+    Returns:
+        The figure (``1 + M`` axes; candidate markers have ``gid="candidate"``).
+    """
+    if not results:
+        raise ValueError("plot_explorer needs at least one result")
+    first = next(iter(results.values()))
+    labels = {label: f"prompt: {label}" for label in results}
+    fig = plot_similarity(src_img, trg_img, first.src_xy, {labels[k]: r.heatmap for k, r in results.items()},
+                          pred_xy={labels[k]: r.pred_xy for k, r in results.items()}, gt_xy=gt_xy,
+                          img_size=img_size, axes=axes)
+    for ax, r in zip(fig.axes[1:1 + len(results)], results.values()):
+        for rank, (x, y) in enumerate(r.topk_xy, start=1):
+            ax.scatter([x], [y], s=45, c="white", edgecolors="black", linewidths=0.6, zorder=3, gid="candidate")
+            ax.text(x, y, str(rank), fontsize=5, ha="center", va="center", zorder=5)
+        ax.set_xlabel(f"{r.matcher}: ({r.pred_xy[0]:.0f}, {r.pred_xy[1]:.0f})", fontsize=8)
+    fig.axes[0].set_title("source: the clicked point", fontsize=9)
     return _finish(fig, save, title, own=axes is None)
 
 

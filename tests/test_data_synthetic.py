@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from sd4match_utils.data import (DATASETS, KEYPOINT_NAMES, PFPASCAL_CLASSES, SPLITS, SYNTHETIC_CATEGORIES,
+from sd4match_utils.data import (BENCHMARKS, KEYPOINT_NAMES, PFPASCAL_CLASSES, SPLITS, SYNTHETIC_CATEGORIES,
                                  ensure_synthetic, generate_all, generate_spair, load_dataset)
 
 SMALL = {"categories": ("bottle", "car", "tvmonitor"), "images_per_category": 6,
@@ -50,7 +50,7 @@ def test_categories_and_keypoint_names():
         assert len(names) >= 10 and len(set(names)) == len(names)
 
 
-@pytest.mark.parametrize("name,split", [(n, s) for n in DATASETS for s in SPLITS[n]])
+@pytest.mark.parametrize("name,split", [(n, s) for n in BENCHMARKS for s in SPLITS[n]])
 def test_every_split_loads_and_is_sensible(generated, name, split):
     paths, _ = generated
     ds = load_dataset(name, paths[name], split)
@@ -88,7 +88,7 @@ def test_pairs_are_different_instances_not_warps(generated):
     """Shapes differ between instances, so no affine map explains a pair's keypoints exactly."""
     paths, _ = generated
     residuals = []
-    for name in DATASETS:
+    for name in BENCHMARKS:
         ds = load_dataset(name, paths[name], "test")
         for s in ds:
             if s.n_kps < 4:

@@ -123,10 +123,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_sd, synthetic_r
     two = load_file(tmp_path / "two" / "checkpoint.safetensors")
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_batch"] == 2
-    torch.testing.assert_close(one["prompt"], two["prompt"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(one["prompt.embeddings"], two["prompt.embeddings"], rtol=1e-4, atol=1e-5)
     # and not trivially: the prompt moved away from its initialisation
     from sd4match_utils.data import load_dataset
 
     cats = load_dataset("spair", synthetic_roots["spair"], "trn", IMG).categories
     init = LearnedPrompt.initialise(tiny_sd, "class", cats, 75, "random", seed=0).embeddings.detach()
-    assert (one["prompt"] - init).abs().max() > 1e-3
+    assert (one["prompt.embeddings"] - init).abs().max() > 1e-3

@@ -1,5 +1,6 @@
-"""The three benchmark formats (SPair-71k, PF-Pascal, PF-Willow) exactly as distributed, and the embedded
-synthetic generator that writes the same formats.
+"""The three benchmark formats (SPair-71k, PF-Pascal, PF-Willow) exactly as distributed, your own images
+(``"custom"``: a folder plus ``annotations.json``, see :mod:`.custom`), and the embedded synthetic generator that
+writes the benchmark formats.
 
 >>> ds = load_dataset("spair", "data/SPair-71k", "test")      # doctest: +SKIP
 >>> sample = ds[0]                                             # PairSample, images loaded here
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import DEFAULT_IMG_SIZE, DatasetFormatError, PairDataset, PairSample
+from .custom import ANNOTATION_FILE, CustomDataset, read_annotations, write_example
 from .images import image_size, load_rgb, to_rgb
 from .pfpascal import PFPASCAL_CLASSES, PFPascalDataset
 from .pfwillow import PFWillowDataset
@@ -17,10 +19,15 @@ from .spair import SPairDataset
 from .synthetic import (KEYPOINT_NAMES, SYNTHETIC_CATEGORIES, ensure_synthetic, generate_all, generate_pfpascal,
                         generate_pfwillow, generate_spair)
 
-DATASETS = ("spair", "pfpascal", "pfwillow")
-#: The splits each dataset distributes.
-SPLITS = {"spair": ("trn", "val", "test"), "pfpascal": ("trn", "val", "test"), "pfwillow": ("test",)}
-_LOADERS = {"spair": SPairDataset, "pfpascal": PFPascalDataset, "pfwillow": PFWillowDataset}
+#: The distributed benchmark formats (the ones the synthetic generator writes).
+BENCHMARKS = ("spair", "pfpascal", "pfwillow")
+#: Every dataset ``load_dataset`` (and the ``--dataset`` option) accepts: the benchmarks and your own images.
+DATASETS = BENCHMARKS + ("custom",)
+#: The splits each dataset distributes (custom: made from the annotation file, see :mod:`.custom`).
+SPLITS = {"spair": ("trn", "val", "test"), "pfpascal": ("trn", "val", "test"), "pfwillow": ("test",),
+          "custom": ("trn", "val", "test")}
+_LOADERS = {"spair": SPairDataset, "pfpascal": PFPascalDataset, "pfwillow": PFWillowDataset,
+            "custom": CustomDataset}
 _ALIASES = {"spair-71k": "spair", "spair71k": "spair", "pf-pascal": "pfpascal", "pf-willow": "pfwillow"}
 
 
@@ -28,10 +35,11 @@ def load_dataset(name: str, root: str | Path, split: str, img_size: int = DEFAUL
     """Open one split of a dataset.
 
     Args:
-        name: ``"spair"``, ``"pfpascal"`` or ``"pfwillow"`` (case-insensitive; ``"SPair-71k"``, ``"PF-Pascal"``,
-            ``"PF-Willow"`` also accepted).
+        name: ``"spair"``, ``"pfpascal"``, ``"pfwillow"`` or ``"custom"`` (case-insensitive; ``"SPair-71k"``,
+            ``"PF-Pascal"``, ``"PF-Willow"`` also accepted).
         root: SPair: the ``SPair-71k`` folder; PF-Pascal: the folder holding ``PF-dataset-PASCAL/`` and the pair
-            CSVs; PF-Willow: the folder holding ``PF-dataset/`` and ``test_pairs.csv``.
+            CSVs; PF-Willow: the folder holding ``PF-dataset/`` and ``test_pairs.csv``; custom: the folder holding
+            ``annotations.json`` (or that file).
         split: ``"trn"``, ``"val"`` or ``"test"`` (PF-Willow: ``"test"`` only).
         img_size: side of the square resized image the ``*_r`` keypoints and ``thr`` refer to.
 
@@ -47,8 +55,8 @@ def load_dataset(name: str, root: str | Path, split: str, img_size: int = DEFAUL
 
 
 __all__ = [
-    "DATASETS", "DEFAULT_IMG_SIZE", "KEYPOINT_NAMES", "PFPASCAL_CLASSES", "SPLITS", "SYNTHETIC_CATEGORIES",
+    "ANNOTATION_FILE", "BENCHMARKS", "CustomDataset", "DATASETS", "DEFAULT_IMG_SIZE", "KEYPOINT_NAMES", "PFPASCAL_CLASSES", "SPLITS", "SYNTHETIC_CATEGORIES",
     "DatasetFormatError", "PFPascalDataset", "PFWillowDataset", "PairDataset", "PairSample", "SPairDataset",
     "ensure_synthetic", "generate_all", "generate_pfpascal", "generate_pfwillow", "generate_spair", "image_size",
-    "load_dataset", "load_rgb", "to_rgb",
+    "load_dataset", "load_rgb", "read_annotations", "to_rgb", "write_example",
 ]

@@ -1,0 +1,295 @@
+"""CPM — the conditional prompting module (SPEC §4): part of the prompt is computed from the image pair.
+
+Prompt rows = ``[BOS | G global tokens | C conditional tokens | EOS]`` (G = 25, C = 50 in the paper, so 77 rows;
+shorter prompts are framed and padded like :class:`~sd4match_utils.prompts.LearnedPrompt`), then the frozen CLIP
+text encoder (:func:`~sd4match_utils.prompts.encode_embeddings`) gives the UNet's ``(B, 77, D)`` conditioning;
+both images of a pair get the same conditioning.
+
+Conditional branch, the paper's "Pair / DINO / Feat" variant, for DINOv2 patch features ``F_s, F_t`` of shape
+``(B, N, c)`` (N = 256 patches, c = 768 for ViT-B/14):
+
+1. ``X = [F_s | F_t]`` concatenated along channels, source first → ``(B, N, 2c)``;
+2. ``linear_C``: Linear(2c → D) over channels → ``(B, N, D)``;
+3. ``linear_N``: Linear(N → N) over the *patch* axis → ``(B, N, D)``;
+4. adaptive max-pool over the patch axis N → C → ``(B, C, D)``;
+5. ``(· + positional_embedding) ⊙ tanh(alpha_cond)``, both ``(1, C, D)``.
+
+The global branch is the learned ``global_embeds`` ``(1, G, D)``. Attribute names equal the official checkpoint's
+keys, so ``state_dict()`` has exactly ``global_embeds, positional_embedding, alpha_cond, linear_C.weight,
+linear_C.bias, linear_N.weight, linear_N.bias``.
+
+Ablation options (all supported by the paper's code):
+
+* ``n_global`` / ``n_cond``: G and C with G + C ≤ 75;
+* ``mode="image"``: condition on the *source* image only — step 1 is just ``F_s`` and ``linear_C`` is
+  Linear(c → D); the resulting prompt still conditions both images of the pair;
+* ``features="pooled"`` (the "Head" variant): each image is summarised by the mean of its N patch tokens
+  ``(B, 1, c)``, which is *repeated* N times so that steps 1–5 and every parameter shape stay exactly as in
+  the "Feat" variant (``linear_N`` then mixes N identical rows; the branch sees no spatial layout).
+
+The DINOv2 (:class:`~sd4match_utils.dino.DinoFeatures`) is attached as ``prompt.dino``, not as a sub-module: it
+is frozen, never saved in the prompt file (only its identity is) and never given to the optimiser.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from .prompts import N_PROMPT_TOKENS, encode_embeddings, frame_rows, read_prompt_file, write_prompt_file
+
+CPM_MODES = ("pair", "image")
+CPM_FEATURES = ("patch", "pooled")
+#: ``state_dict()`` keys, identical to the official ``ckpt.pt``.
+CPM_KEYS = ("global_embeds", "positional_embedding", "alpha_cond", "linear_C.weight", "linear_C.bias",
+            "linear_N.weight", "linear_N.bias")
+
+
+def cpm_shapes(text_dim: int, dino_dim: int, n_global: int = 25, n_cond: int = 50, mode: str = "pair",
+               n_patches: int = 256) -> dict[str, tuple[int, ...]]:
+    """The shape of every CPM tensor (by ``state_dict`` key) for a text width D and a DINOv2 width c."""
+    c_in = dino_dim * (2 if mode == "pair" else 1)
+    return {"global_embeds": (1, n_global, text_dim), "positional_embedding": (1, n_cond, text_dim),
+            "alpha_cond": (1, n_cond, text_dim), "linear_C.weight": (text_dim, c_in), "linear_C.bias": (text_dim,),
+            "linear_N.weight": (n_patches, n_patches), "linear_N.bias": (n_patches,)}
+
+
+class ConditionalPrompt(torch.nn.Module):
+    """The conditional prompting module.
+
+    Args:
+        text_dim: D, the width of the text encoder (1024 for SD 2-1).
+        dino_dim: c, the width of the DINOv2 features (768 for ViT-B/14).
+        n_global: G global tokens.
+        n_cond: C conditional tokens (G + C ≤ 75).
+        mode: ``"pair"`` (source and target features, the paper) or ``"image"`` (source only).
+        features: ``"patch"`` (the paper's "Feat") or ``"pooled"`` ("Head": the mean patch token, repeated).
+        n_patches: N, patch tokens per image (256 at 224 px with patch 14).
+        lr_linear: learning rate of ``linear_C`` and ``linear_N`` (:meth:`param_groups`; the paper: 1e-3).
+        seed: initialisation seed (the global RNG is left untouched).
+
+    Parameters (initialisation): ``global_embeds (1, G, D)``, ``positional_embedding (1, C, D)``,
+    ``alpha_cond (1, C, D)`` ~ U[0, 1); ``linear_C`` Linear(2c or c → D), ``linear_N`` Linear(N → N) with
+    PyTorch's default initialisation. All drawn from ``seed`` in that order.
+    """
+
+    pair_dependent = True  # the conditioning depends on the images of each pair
+    kind = "cpm"
+
+    def __init__(self, text_dim: int, dino_dim: int, n_global: int = 25, n_cond: int = 50, mode: str = "pair",
+                 features: str = "patch", n_patches: int = 256, lr_linear: float = 1e-3, seed: int = 0):
+        super().__init__()
+        if mode not in CPM_MODES:
+            raise ValueError(f"CPM mode must be one of {CPM_MODES}, got {mode!r}")
+        if features not in CPM_FEATURES:
+            raise ValueError(f"CPM features must be one of {CPM_FEATURES}, got {features!r}")
+        if n_global < 0 or n_cond < 1 or n_global + n_cond > N_PROMPT_TOKENS:
+            raise ValueError(f"need n_global >= 0, n_cond >= 1 and n_global + n_cond <= {N_PROMPT_TOKENS}, "
+                             f"got n_global={n_global}, n_cond={n_cond}")
+        self.n_global, self.n_cond, self.mode, self.features = int(n_global), int(n_cond), mode, features
+        self.n_patches, self.lr_linear, self.seed = int(n_patches), float(lr_linear), int(seed)
+        self.text_dim, self.dino_dim = int(text_dim), int(dino_dim)
+        c_in = dino_dim * (2 if mode == "pair" else 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.global_embeds = torch.nn.Parameter(torch.rand(1, n_global, text_dim))
+            self.positional_embedding = torch.nn.Parameter(torch.rand(1, n_cond, text_dim))
+            self.alpha_cond = torch.nn.Parameter(torch.rand(1, n_cond, text_dim))
+            self.linear_C = torch.nn.Linear(c_in, text_dim)
+            self.linear_N = torch.nn.Linear(n_patches, n_patches)
+        self._dino = None
+        self.dino_info: dict = {}  # identity of the DINOv2 (recorded in files), known even before it is loaded
+        self._dino_loader = None  # builds the DINOv2 on first use (prompts loaded from files)
+
+    # ----------------------------------------------------------------------------------------------- DINOv2
+    @property
+    def dino(self):
+        """The attached :class:`~sd4match_utils.dino.DinoFeatures` (built on first use for a loaded prompt)."""
+        if self._dino is None and self._dino_loader is not None:
+            self.dino = self._dino_loader()  # a failure (no weights, other DINOv2) repeats on the next use
+            self._dino_loader = None
+        return self._dino
+
+    @dino.setter
+    def dino(self, features) -> None:
+        if features is not None:
+            if features.dim != self.dino_dim or features.n_patches != self.n_patches:
+                raise ValueError(f"DINOv2 {features.spec!r} gives ({features.n_patches}, {features.dim}) patch "
+                                 f"features but this CPM expects ({self.n_patches}, {self.dino_dim})")
+            self.dino_info = features.describe()
+        self._dino = features
+
+    @classmethod
+    def initialise(cls, sd, dino, n_global: int = 25, n_cond: int = 50, mode: str = "pair", features: str = "patch",
+                   lr_linear: float = 1e-3, seed: int = 0) -> "ConditionalPrompt":
+        """A new CPM for model ``sd`` and the DINOv2 ``dino`` (attached), on the model's device."""
+        prompt = cls(sd.text_dim, dino.dim, n_global, n_cond, mode, features, dino.n_patches, lr_linear, seed)
+        prompt.dino = dino
+        return prompt.to(sd.device)
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def branch_input(self, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Step 1: ``(B, N, c)`` source (and target) features → ``(B, N, 2c)`` (pair) or ``(B, N, c)`` (image);
+        ``features="pooled"`` first replaces each image's tokens by their mean, repeated N times."""
+        feats = [src_feats] if self.mode == "image" else [src_feats, trg_feats]
+        if any(f is None for f in feats):
+            raise ValueError("CPM in 'pair' mode needs source and target features")
+        if self.features == "pooled":
+            feats = [f.mean(dim=1, keepdim=True).expand(-1, f.shape[1], -1) for f in feats]
+        x = torch.cat(feats, dim=2)
+        p = self.global_embeds
+        return x.to(device=p.device, dtype=p.dtype)
+
+    def conditional_tokens(self, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Steps 1–5: DINOv2 features ``(B, N, c)`` → the C conditional tokens ``(B, C, D)``."""
+        x = self.branch_input(src_feats, trg_feats)  # (B, N, 2c)
+        x = self.linear_C(x)  # (B, N, D)
+        x = self.linear_N(x.transpose(1, 2))  # (B, D, N): linear over the patch axis
+        x = F.adaptive_max_pool1d(x, self.n_cond).transpose(1, 2)  # (B, C, D)
+        return (x + self.positional_embedding) * torch.tanh(self.alpha_cond)
+
+    def rows(self, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """The learned input rows ``[global | conditional]``: ``(B, G + C, D)``."""
+        cond = self.conditional_tokens(src_feats, trg_feats)
+        return torch.cat([self.global_embeds.expand(cond.shape[0], -1, -1), cond], dim=1)
+
+    def forward(self, sd, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Conditioning ``(B, 77, D)`` (text encoder dtype) from DINOv2 features ``(B, N, c)`` of the pairs."""
+        rows = self.rows(src_feats, trg_feats)
+        bos, eos, pad = frame_rows(sd, rows.shape[1])
+        b = rows.shape[0]
+        seq = torch.cat([bos.expand(b, -1, -1), rows.to(bos.device), eos.expand(b, -1, -1),
+                         pad.expand(b, -1, -1)], dim=1)
+        return encode_embeddings(sd.text_encoder, seq)
+
+    def image_features(self, samples) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """DINOv2 features ``(B, N, c)`` of the samples' source and (pair mode) target images."""
+        if self.dino is None:
+            raise RuntimeError("no DINOv2 attached to this CPM: set prompt.dino = DinoFeatures(...)")
+        bad = [i for i, s in enumerate(samples) if getattr(s, "src_image", None) is None
+               or (self.mode == "pair" and getattr(s, "trg_image", None) is None)]
+        if bad:
+            raise ValueError("a CPM prompt conditions on image pairs: give samples with src_image and trg_image")
+        images = [s.src_image for s in samples]
+        if self.mode == "pair":
+            images += [s.trg_image for s in samples]
+        feats = self.dino(images)
+        b = len(samples)
+        return feats[:b], (feats[b:] if self.mode == "pair" else None)
+
+    # ------------------------------------------------------------------------- the interface training uses
+    def condition(self, sd, samples) -> torch.Tensor:
+        """Conditioning of a batch of pairs (``PairSample``-like, images already mirrored for flipped rows):
+        ``(B, 77, D)``; differentiable with respect to the CPM's parameters only."""
+        return self(sd, *self.image_features(samples))
+
+    def cache_key(self, sample) -> str:
+        """Conditioning depends on the pair's pixels (not used by evaluation, which conditions every pair)."""
+        from .features import image_key
+
+        return f"{image_key(sample.src_image)}:{image_key(sample.trg_image)}"
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Adam groups: ``lr`` (paper 1e-2) for the three embeddings, :attr:`lr_linear` (1e-3) for the linears."""
+        return [{"params": [self.global_embeds, self.positional_embedding, self.alpha_cond], "lr": lr},
+                {"params": [*self.linear_C.parameters(), *self.linear_N.parameters()], "lr": self.lr_linear}]
+
+    # -------------------------------------------------------------------------------------------- analysis
+    @torch.no_grad()
+    def gate(self) -> torch.Tensor:
+        """``tanh(alpha_cond)``: ``(C, D)`` float32 on the CPU (how much of each conditional entry passes)."""
+        return torch.tanh(self.alpha_cond[0]).float().cpu()
+
+    @torch.no_grad()
+    def token_norms(self) -> dict[str, torch.Tensor]:
+        """L2 norms per token: ``global (G,)``, ``positional (C,)``, ``gate (C,)`` (of tanh(alpha_cond))."""
+        return {"global": self.global_embeds[0].norm(dim=-1).float().cpu(),
+                "positional": self.positional_embedding[0].norm(dim=-1).float().cpu(),
+                "gate": self.gate().norm(dim=-1)}
+
+    def describe(self) -> dict:
+        g = self.gate()
+        return {"prompt": "cpm", "n_global": self.n_global, "n_cond": self.n_cond, "mode": self.mode,
+                "features": self.features, "n_params": sum(p.numel() for p in self.parameters()),
+                "dino": {k: v for k, v in self.dino_info.items() if k != "probe"},
+                "gate": {"mean": float(g.mean()), "std": float(g.std()), "min": float(g.min()),
+                         "max": float(g.max()), "mean_abs": float(g.abs().mean())}}
+
+    # ----------------------------------------------------------------------------------------------- files
+    def file_metadata(self) -> dict:
+        """Metadata that rebuilds the module (and its DINOv2) from a prompt file."""
+        return {"n_global": self.n_global, "n_cond": self.n_cond, "mode": self.mode, "features": self.features,
+                "n_patches": self.n_patches, "dino_dim": self.dino_dim, "lr_linear": self.lr_linear,
+                "dino": self.dino_info}
+
+    def save(self, path, sd, extra: dict | None = None):
+        """Write the CPM as a prompt file (kind ``"cpm"``): tensors under their ``state_dict`` keys, metadata
+        G, C, mode, features, widths and the DINOv2 identity, plus ``extra``."""
+        return write_prompt_file(path, sd, "cpm", dict(self.state_dict()), {**self.file_metadata(), **(extra or {})})
+
+    @classmethod
+    def load(cls, path, sd, check_model: bool = True, dino=None, dino_cache=None) -> "ConditionalPrompt":
+        """Read a CPM prompt file for model ``sd``.
+
+        Args:
+            dino: ``None`` (rebuild the DINOv2 recorded in the file, on first use), a spec overriding it (``"tiny"``,
+                hub id or folder, e.g. where the weights live on this machine) or a ready ``DinoFeatures``.
+            dino_cache: on-disk cache folder for the rebuilt DINOv2's features.
+            check_model: refuse a file learned on other SD weights, or with another DINOv2 (weight probes).
+
+        Raises:
+            ValueError: not a CPM file, or a tensor whose shape does not fit (the message names both shapes).
+        """
+        tensors, meta = read_prompt_file(path, sd, check_model)
+        if meta.get("kind") != "cpm":
+            raise ValueError(f"{path}: not a CPM prompt file (kind={meta.get('kind')!r})")
+        get = lambda k, d=None: json.loads(meta[k]) if k in meta else d  # noqa: E731
+        n_global, n_cond, n_patches, dino_dim = get("n_global"), get("n_cond"), get("n_patches", 256), get("dino_dim")
+        if None in (n_global, n_cond, dino_dim):
+            raise ValueError(f"{path}: CPM prompt file lacks its n_global / n_cond / dino_dim metadata")
+        mode, features = meta.get("mode", "pair"), meta.get("features", "patch")
+        expected = cpm_shapes(sd.text_dim, dino_dim, n_global, n_cond, mode, n_patches)
+        check_tensors(tensors, expected, path)
+        prompt = cls(sd.text_dim, dino_dim, n_global, n_cond, mode, features, n_patches,
+                     get("lr_linear", 1e-3))
+        prompt.load_state_dict({k: tensors[k] for k in CPM_KEYS})
+        prompt.metadata = meta
+        prompt.dino_info = get("dino", {}) or {}
+        prompt.to(sd.device)
+        if dino is not None and not isinstance(dino, str):
+            prompt.dino = dino
+            return prompt
+        spec = dino or prompt.dino_info.get("spec") or prompt.dino_info.get("model")
+        if not spec:
+            raise ValueError(f"{path}: the file does not say which DINOv2 it needs; pass dino=...")
+        seed, probe = prompt.dino_info.get("seed", 0), prompt.dino_info.get("probe")
+
+        def loader():
+            from .dino import DinoFeatures
+            from .models import same_weights
+
+            features = DinoFeatures(spec, device=sd.device, seed=seed, cache_dir=dino_cache)
+            theirs = features.describe()["probe"]
+            if check_model and probe and not same_weights(probe, theirs):
+                raise ValueError(f"{path}: CPM was learned with DINOv2 {prompt.dino_info.get('model')!r} "
+                                 f"(fingerprint {prompt.dino_info.get('fingerprint')}), not with {spec!r} "
+                                 f"(fingerprint {features.identity['fingerprint']}); pass check_model=False to force")
+            return features
+
+        prompt._dino_loader = loader
+        return prompt
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source) -> None:
+    """Raise ``ValueError`` (naming ``source``) when keys are missing or unexpected, or a shape differs."""
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        raise ValueError(f"{source}: not a CPM state dict: missing keys {missing}, unexpected keys {unexpected} "
+                         f"(expected exactly {list(expected)})")
+    bad = [f"{k}: expected {tuple(v)}, found {tuple(tensors[k].shape)}" for k, v in expected.items()
+           if tuple(tensors[k].shape) != tuple(v)]
+    if bad:
+        raise ValueError(f"{source}: CPM tensor shapes do not fit this model: " + "; ".join(bad))

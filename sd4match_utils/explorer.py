@@ -1,0 +1,801 @@
+"""The quick-start notebook's interactive tools: a match explorer and a keypoint annotation helper.
+
+**Match explorer.** Click a point on the source image and see, for several prompts side by side, where it lands
+on the target: the matcher's prediction, the cosine-similarity heat-map of the clicked point's feature against
+every target cell, and the ``k`` best distinct candidate cells. The maths is pure and tested
+(:func:`click_to_match`, :func:`explore_click`, :func:`top_k_peaks`); :class:`MatchExplorer` only draws PNGs
+(PIL) and reacts to clicks.
+
+**Annotation helper.** :class:`Annotator` edits ``annotations.json`` of a custom dataset
+(:mod:`sd4match_utils.data.custom`) point by point (``add_point`` / ``remove_point`` / ``save``);
+:class:`AnnotatorWidget` puts it behind clicks on the image.
+
+Coordinates: the explorer works in ``(x, y)`` pixels of the images resized to ``img_size × img_size`` (the
+paper's space, as everywhere in the package); the annotator in pixels of the original image (the annotation
+file's space). Clicks arrive from the browser as fractions ``(u, v)`` of the displayed image and become pixels
+with :func:`fraction_to_pixel`.
+
+The click widget is a tiny ``anywidget`` with inline JavaScript (no ipympl, no JupyterLab extension to build). It writes the explorer's state (click and predictions per prompt) into the
+``data-sd4m-state`` attribute of its ``<img class="sd4m-click-image">``, so a browser test can read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import anywidget
+import numpy as np
+import torch
+import torch.nn.functional as F
+import traitlets
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from .cache import atomic_write_text
+from .data.custom import ANNOTATION_FILE, IMAGE_SUFFIXES, check_entry, format_annotations
+from .data.images import image_size, load_rgb
+from .matching import MATCHERS, cosine_maps, grid_to_pixel, match, pixel_to_grid, sample_descriptors
+
+__all__ = [
+    "Annotator", "AnnotatorWidget", "ClickImage", "ClickResult", "MatchExplorer", "click_to_match",
+    "explore_click", "format_annotations", "fraction_to_pixel", "nearest_keypoint", "own_pair", "pair_features",
+    "prompt_specs", "render_points_png", "render_source_png", "render_target_png", "top_k_peaks",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pure functions
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClickResult:
+    """What one prompt's features say about one clicked source point.
+
+    Attributes:
+        prompt: the prompt's label.
+        src_xy: ``(2,)`` the clicked source point ``(x, y)`` in ``img_size`` pixels.
+        pred_xy: ``(2,)`` the matcher's prediction on the target, ``img_size`` pixels.
+        heatmap: ``(h, w)`` cosine similarity of the source point's feature with every target cell.
+        topk_xy: ``(k, 2)`` the best candidate cells' centres in target ``img_size`` pixels, best first.
+        topk_score: ``(k,)`` their cosine similarities, non-increasing.
+        matcher: the matcher that made ``pred_xy``.
+        img_size: side of the resized images.
+    """
+
+    prompt: str
+    src_xy: np.ndarray
+    pred_xy: np.ndarray
+    heatmap: np.ndarray
+    topk_xy: np.ndarray
+    topk_score: np.ndarray
+    matcher: str
+    img_size: int
+
+    def as_dict(self) -> dict:
+        """JSON-friendly summary (no heat-map)."""
+        return {"prompt": self.prompt, "matcher": self.matcher, "src_xy": [float(v) for v in self.src_xy],
+                "pred_xy": [float(v) for v in self.pred_xy],
+                "topk": [{"x": float(x), "y": float(y), "score": float(s)}
+                         for (x, y), s in zip(self.topk_xy, self.topk_score)]}
+
+
+def fraction_to_pixel(u: float, v: float, width: int, height: int | None = None) -> tuple[float, float]:
+    """A click at fractions ``(u, v)`` of a displayed image → ``(x, y)`` pixels of an image of ``width × height``
+    (default square): pixel ``i`` covers ``[i/W, (i+1)/W)``, so ``x = u·W − 0.5``, clamped to ``[0, W − 1]``."""
+    height = width if height is None else height
+    x = min(max(float(u) * width - 0.5, 0.0), width - 1.0)
+    y = min(max(float(v) * height - 0.5, 0.0), height - 1.0)
+    return x, y
+
+
+def top_k_peaks(heatmap: Tensor | np.ndarray, k: int = 5, min_distance: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest cells of a map, greedily skipping cells within ``min_distance`` cells (Chebyshev) of a
+    cell already taken, so the candidates are distinct places rather than neighbours of the best one.
+
+    Args:
+        heatmap: ``(h, w)`` scores.
+        k: number of candidates (fewer when the map runs out of cells).
+        min_distance: ``0`` gives the plain top-k cells.
+
+    Returns:
+        ``(cells, scores)``: ``(k', 2)`` int64 ``(x, y)`` cell coordinates and ``(k',)`` float64 scores, sorted
+        by score (highest first, ties by row-major cell order).
+    """
+    heat = heatmap.detach().cpu().double().numpy() if isinstance(heatmap, Tensor) else np.asarray(heatmap, np.float64)
+    if heat.ndim != 2:
+        raise ValueError(f"heatmap must have shape (h, w), got {heat.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    h, w = heat.shape
+    order = np.argsort(-heat.reshape(-1), kind="stable")
+    cells: list[tuple[int, int]] = []
+    for idx in order:
+        y, x = divmod(int(idx), w)
+        if all(max(abs(x - cx), abs(y - cy)) > min_distance for cx, cy in cells):
+            cells.append((x, y))
+            if len(cells) == k:
+                break
+    xy = np.array(cells, dtype=np.int64).reshape(-1, 2)
+    return xy, heat[xy[:, 1], xy[:, 0]] if len(xy) else np.zeros(0)
+
+
+def click_to_match(src_feat: Tensor, trg_feat: Tensor, xy, img_size: int, matcher: str = "kernel_softmax",
+                   k: int = 5, min_distance: int = 1, prompt: str = "") -> ClickResult:
+    """Match one clicked source point with one prompt's features.
+
+    Args:
+        src_feat: ``(C, h, w)`` source feature map.
+        trg_feat: ``(C, h', w')`` target feature map.
+        xy: ``(2,)`` source point ``(x, y)`` in ``img_size`` pixels (clamped to the image).
+        img_size: side of the resized (square) images.
+        matcher: one of :data:`~sd4match_utils.matching.MATCHERS`.
+        k, min_distance: see :func:`top_k_peaks`.
+        prompt: label stored in the result.
+
+    Returns:
+        A :class:`ClickResult`; ``pred_xy`` equals :func:`~sd4match_utils.matching.match` on the same inputs.
+    """
+    if matcher not in MATCHERS:
+        raise ValueError(f"unknown matcher {matcher!r}; valid ones are: {', '.join(MATCHERS)}")
+    point = torch.as_tensor(np.asarray(xy, dtype=np.float64).reshape(1, 2), dtype=torch.float32)
+    point = point.clamp(0, img_size - 1).to(src_feat.device)
+    pred = match(src_feat, trg_feat, point, img_size, matcher)[0]
+    grid = pixel_to_grid(point, img_size, tuple(src_feat.shape[1:]))
+    heat = cosine_maps(sample_descriptors(src_feat, grid), trg_feat)[0]
+    cells, scores = top_k_peaks(heat, k, min_distance)
+    top_xy = grid_to_pixel(torch.as_tensor(cells, dtype=torch.float32), img_size, tuple(trg_feat.shape[1:]))
+    return ClickResult(prompt=prompt, src_xy=point[0].cpu().double().numpy(), pred_xy=pred.cpu().double().numpy(),
+                       heatmap=heat.cpu().numpy(), topk_xy=top_xy.double().numpy(), topk_score=scores,
+                       matcher=matcher, img_size=int(img_size))
+
+
+def explore_click(features: Mapping[str, tuple[Tensor, Tensor]], xy, img_size: int,
+                  matcher: str = "kernel_softmax", k: int = 5, min_distance: int = 1) -> dict[str, ClickResult]:
+    """:func:`click_to_match` for every prompt: ``{label: (src (C, h, w), trg (C, h, w))}`` → ``{label: result}``."""
+    return {label: click_to_match(src, trg, xy, img_size, matcher, k, min_distance, prompt=label)
+            for label, (src, trg) in features.items()}
+
+
+def nearest_keypoint(xy, kps, radius: float) -> int | None:
+    """Index of the keypoint of ``(N, 2)`` ``kps`` nearest to ``(2,)`` ``xy`` when within ``radius``, else None."""
+    if kps is None or len(kps) == 0:
+        return None
+    d = np.linalg.norm(np.asarray(kps, dtype=np.float64) - np.asarray(xy, dtype=np.float64), axis=1)
+    i = int(np.argmin(d))
+    return i if d[i] <= radius else None
+
+
+def prompt_specs(prompts: Sequence[str], prompt_file: str | Path | None = None) -> dict[str, str]:
+    """``{label: spec}`` for :func:`pair_features`: each fixed prompt (``"empty"``, ``"text"``) under its own
+    name, then a learned prompt file under ``"learned"`` when one is given."""
+    specs = {str(p): str(p) for p in prompts}
+    if prompt_file:
+        specs["learned"] = str(prompt_file)
+    if not specs:
+        raise ValueError("give at least one prompt")
+    return specs
+
+
+@torch.no_grad()
+def pair_features(sd, sample, prompts: Mapping[str, str], layer: int = 1, timestep: int = 50, ensemble: int = 2,
+                  img_size: int | None = None, seed: int = 0, batch_size: int = 8) -> dict[str, tuple[Tensor, Tensor]]:
+    """Features of a pair's two images under each prompt.
+
+    Args:
+        sd: a loaded model (:func:`~sd4match_utils.models.load_sd`).
+        sample: anything with ``src_image``, ``trg_image`` (PIL) and ``category`` (a ``PairSample`` or a
+            ``SimpleNamespace`` for two photos of your own).
+        prompts: ``{label: "empty" | "text" | path of a learned prompt file}`` (see :func:`prompt_specs`).
+        layer, timestep, ensemble, img_size, seed, batch_size: as in
+            :class:`~sd4match_utils.features.FeatureExtractor`.
+
+    Returns:
+        ``{label: (src (C, h, w), trg (C, h, w))}`` float32 on the CPU.
+    """
+    from .evaluate import make_conditioning
+    from .features import FeatureExtractor
+
+    fx = FeatureExtractor(sd, layers=(layer,), timestep=timestep, ensemble=ensemble, img_size=img_size, seed=seed,
+                          batch_size=batch_size)
+    out = {}
+    for label, spec in prompts.items():
+        cond = make_conditioning(sd, spec)(sample)
+        feats = fx([sample.src_image, sample.trg_image], cond)[layer].cpu()
+        out[label] = (feats[0], feats[1])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# drawing (PIL → PNG bytes)
+# --------------------------------------------------------------------------------------------------------------
+
+_YELLOW, _WHITE, _BLACK = (255, 217, 47), (255, 255, 255), (0, 0, 0)
+_PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0)]
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _font():
+    return ImageFont.load_default()
+
+
+def _dot(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill, outline=_BLACK, width: int = 1) -> None:
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
+
+
+def _cross(draw: ImageDraw.ImageDraw, x: float, y: float, r: float) -> None:
+    for colour, w in ((_BLACK, 5), (_WHITE, 3)):
+        draw.line([x - r, y - r, x + r, y + r], fill=colour, width=w)
+        draw.line([x - r, y + r, x + r, y - r], fill=colour, width=w)
+
+
+def _square(image: Image.Image, display: int) -> Image.Image:
+    return image.convert("RGB").resize((display, display), Image.BILINEAR)
+
+
+def _heat_rgb(heatmap: np.ndarray, display: int, cmap: str = "jet") -> np.ndarray:
+    """``(h, w)`` map → ``(display, display, 3)`` uint8 colours, upsampled bilinearly with aligned corners (cell
+    ``j`` at pixel ``j·(display − 1)/(w − 1)``, as the matcher's grid), scaled to its own min..max."""
+    import matplotlib
+
+    t = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
+    up = F.interpolate(t, size=(display, display), mode="bilinear", align_corners=True)[0, 0].numpy()
+    lo, hi = float(up.min()), float(up.max())
+    norm = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
+    return (matplotlib.colormaps[cmap](norm)[..., :3] * 255).astype(np.uint8)
+
+
+def render_source_png(image: Image.Image, img_size: int, display: int = 256, click_xy=None, kps=None) -> bytes:
+    """The source image at ``display × display`` with the annotated keypoints (small hollow circles) and the
+    clicked point (yellow dot). Points are in ``img_size`` pixels."""
+    img = _square(image, display)
+    draw = ImageDraw.Draw(img)
+    s = display / img_size
+    if kps is not None:
+        for x, y in np.asarray(kps, dtype=np.float64).reshape(-1, 2):
+            draw.ellipse([(x + 0.5) * s - 3, (y + 0.5) * s - 3, (x + 0.5) * s + 3, (y + 0.5) * s + 3], outline=_WHITE)
+    if click_xy is not None:
+        x, y = np.asarray(click_xy, dtype=np.float64)
+        _dot(draw, (x + 0.5) * s, (y + 0.5) * s, 5, _YELLOW, width=2)
+    return _png(img)
+
+
+def render_target_png(image: Image.Image, result: ClickResult, display: int = 256, gt_xy=None,
+                      alpha: float = 0.5) -> bytes:
+    """The target image under the heat-map, with the top-k candidates (numbered dots, best = 1), the prediction
+    (white cross) and, when given, the ground truth (yellow dot), at ``display × display``."""
+    base = np.asarray(_square(image, display), dtype=np.float32)
+    mixed = (1 - alpha) * base + alpha * _heat_rgb(result.heatmap, display).astype(np.float32)
+    img = Image.fromarray(mixed.round().clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    s = display / result.img_size
+    font = _font()
+    for rank, (x, y) in reversed(list(enumerate(result.topk_xy, start=1))):
+        px, py = (x + 0.5) * s, (y + 0.5) * s
+        _dot(draw, px, py, 6, _WHITE)
+        draw.text((px, py), str(rank), fill=_BLACK, font=font, anchor="mm")
+    if gt_xy is not None:
+        gx, gy = np.asarray(gt_xy, dtype=np.float64)
+        _dot(draw, (gx + 0.5) * s, (gy + 0.5) * s, 5, _YELLOW, width=2)
+    px, py = result.pred_xy
+    _cross(draw, (px + 0.5) * s, (py + 0.5) * s, 7)
+    return _png(img)
+
+
+def render_points_png(image: Image.Image, points: Mapping[str, Sequence[float]], display: int = 384,
+                      highlight: str | None = None) -> bytes:
+    """An image ``display`` pixels wide (aspect kept) with named points ``{name: (x, y)}`` in original pixels,
+    each a coloured dot with its name; ``highlight`` gets a larger ring."""
+    w, h = image.size
+    scale = display / w
+    img = image.convert("RGB").resize((display, max(1, round(h * scale))), Image.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    font = _font()
+    for i, (name, (x, y)) in enumerate(points.items()):
+        px, py = (x + 0.5) * scale, (y + 0.5) * scale
+        colour = _PALETTE[i % len(_PALETTE)]
+        if name == highlight:
+            draw.ellipse([px - 9, py - 9, px + 9, py + 9], outline=_YELLOW, width=3)
+        _dot(draw, px, py, 5, colour)
+        draw.text((px + 8, py - 6), name, fill=_WHITE, font=font, stroke_width=2, stroke_fill=_BLACK)
+    return _png(img)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# widgets
+# --------------------------------------------------------------------------------------------------------------
+
+_CLICK_ESM = r"""
+function render({ model, el }) {
+  const img = document.createElement("img");
+  img.className = "sd4m-click-image";
+  img.draggable = false;
+  img.style.cursor = "crosshair";
+  img.style.display = "block";
+  img.style.maxWidth = "none";
+  const sync = () => {
+    img.src = "data:image/png;base64," + model.get("png");
+    img.style.width = model.get("width") + "px";
+    img.alt = model.get("alt");
+    img.dataset.sd4mState = JSON.stringify(model.get("state"));
+  };
+  img.addEventListener("click", (event) => {
+    const box = img.getBoundingClientRect();
+    if (!box.width || !box.height) return;
+    const u = Math.min(Math.max((event.clientX - box.left) / box.width, 0), 1);
+    const v = Math.min(Math.max((event.clientY - box.top) / box.height, 0), 1);
+    const n = (model.get("click")[2] || 0) + 1;
+    model.set("click", [u, v, n]);
+    model.save_changes();
+  });
+  model.on("change:png", sync);
+  model.on("change:width", sync);
+  model.on("change:state", sync);
+  sync();
+  el.appendChild(img);
+  return () => {
+    model.off("change:png", sync);
+    model.off("change:width", sync);
+    model.off("change:state", sync);
+  };
+}
+export default { render };
+"""
+
+
+class ClickImage(anywidget.AnyWidget):
+    """A PNG that reports clicks (an ``anywidget`` with inline JavaScript).
+
+    ``click`` becomes ``[u, v, n]``: fractions of the displayed image, and a counter so that clicking the same
+    spot twice still fires. ``state`` is mirrored into the image's ``data-sd4m-state`` attribute (JSON) so that
+    a browser test can read what the widget shows.
+    """
+
+    _esm = _CLICK_ESM
+    png = traitlets.Unicode("").tag(sync=True)
+    width = traitlets.Int(256).tag(sync=True)
+    alt = traitlets.Unicode("").tag(sync=True)
+    click = traitlets.List([]).tag(sync=True)
+    state = traitlets.Dict({}).tag(sync=True)
+
+    def set_png(self, data: bytes) -> None:
+        """Show PNG bytes."""
+        self.png = base64.b64encode(data).decode("ascii")
+
+    def on_click(self, callback: Callable[[float, float], None]) -> None:
+        """Call ``callback(u, v)`` on every click."""
+
+        def handler(change):
+            value = change["new"]
+            if isinstance(value, (list, tuple)) and len(value) >= 2:
+                callback(float(value[0]), float(value[1]))
+
+        self.observe(handler, names="click")
+
+
+def _fmt(xy) -> str:
+    return f"({xy[0]:.1f}, {xy[1]:.1f})"
+
+
+class MatchExplorer:
+    """Click on the source image, see the match on the target for every prompt side by side.
+
+    Args:
+        src_image, trg_image: PIL images of the pair.
+        features: ``{label: (src (C, h, w), trg (C, h, w))}``, e.g. from :func:`pair_features`.
+        img_size: side of the resized images the features were computed at.
+        matcher: initial matcher (a dropdown changes it).
+        k: number of candidates shown (a slider changes it).
+        display_size: pixels per image panel.
+        src_kps, trg_kps: optional ``(N, 2)`` annotated keypoints in ``img_size`` pixels; a click within
+            ``snap_radius`` of a source keypoint shows that keypoint's ground truth on the targets.
+        thr: optional PCK threshold (``img_size`` pixels) to report errors in units of it.
+        start_xy: the initial click (default: the first source keypoint, else the image centre).
+        snap_radius: see ``src_kps`` (default ``0.05 · img_size``).
+
+    ``explorer.widget`` is the ipywidgets box to display (``display(explorer)`` works too);
+    ``explorer.click(x, y)`` does programmatically what a click does and returns the results.
+    """
+
+    def __init__(self, src_image, trg_image, features: Mapping[str, tuple[Tensor, Tensor]], img_size: int, *,
+                 matcher: str = "kernel_softmax", k: int = 5, display_size: int = 256, src_kps=None, trg_kps=None,
+                 thr: float | None = None, start_xy=None, snap_radius: float | None = None, title: str = ""):
+        import ipywidgets as W
+
+        if not features:
+            raise ValueError("MatchExplorer needs features for at least one prompt")
+        self.src_image, self.trg_image, self.features = src_image, trg_image, dict(features)
+        self.img_size, self.display_size, self.thr = int(img_size), int(display_size), thr
+        self.src_kps = None if src_kps is None else np.asarray(src_kps, dtype=np.float64).reshape(-1, 2)
+        self.trg_kps = None if trg_kps is None else np.asarray(trg_kps, dtype=np.float64).reshape(-1, 2)
+        self.snap_radius = 0.05 * self.img_size if snap_radius is None else float(snap_radius)
+        self.n_clicks = 0
+        self.results: dict[str, ClickResult] = {}
+        self.gt_xy = None
+
+        self.matcher_box = W.Dropdown(options=list(MATCHERS), value=matcher, description="matcher",
+                                      layout=W.Layout(width="260px"))
+        self.k_box = W.IntSlider(value=k, min=1, max=10, description="top-k", layout=W.Layout(width="260px"))
+        self.source = ClickImage(width=self.display_size, alt="source image: click a point")
+        self.source.on_click(self._on_click)
+        self.targets = {label: W.Image(format="png", width=self.display_size, layout=W.Layout(margin="0"))
+                        for label in self.features}
+        self.table = W.HTML()
+        heading = W.HTML(f"<b>{html.escape(title)}</b> " if title else "")
+
+        def panel(label: str, child) -> W.VBox:
+            return W.VBox([W.HTML(f"<b>{html.escape(label)}</b>"), child], layout=W.Layout(margin="0 6px 6px 0"))
+
+        panels = [panel("source · click a point", self.source)]
+        panels += [panel(f"prompt: {label}", img) for label, img in self.targets.items()]
+        legend = W.HTML("<small>yellow dot: your click (source) / ground truth (target) · white ✕: prediction · "
+                        "numbered dots: best candidate cells · colours: cosine similarity (red high, blue low)"
+                        "</small>")
+        self.widget = W.VBox([heading, W.HBox([self.matcher_box, self.k_box]),
+                              W.HBox(panels, layout=W.Layout(flex_flow="row wrap")), legend, self.table])
+        self.widget.add_class("sd4m-explorer")
+        self.matcher_box.observe(lambda _: self.click(*self.click_xy), names="value")
+        self.k_box.observe(lambda _: self.click(*self.click_xy), names="value")
+        if start_xy is None:
+            start_xy = self.src_kps[0] if self.src_kps is not None and len(self.src_kps) else (
+                (self.img_size - 1) / 2, (self.img_size - 1) / 2)
+        self.click_xy = (float(start_xy[0]), float(start_xy[1]))
+        self.click(*self.click_xy)
+
+    @classmethod
+    def from_sample(cls, sample, features, **kwargs) -> "MatchExplorer":
+        """An explorer on a :class:`~sd4match_utils.data.PairSample` (its keypoints and threshold included)."""
+        kwargs.setdefault("src_kps", sample.src_kps_r)
+        kwargs.setdefault("trg_kps", sample.trg_kps_r)
+        kwargs.setdefault("thr", sample.thr)
+        kwargs.setdefault("title", f"{sample.category}: {sample.src_name} → {sample.trg_name}")
+        return cls(sample.src_image, sample.trg_image, features, sample.img_size, **kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _on_click(self, u: float, v: float) -> None:
+        self.click(*fraction_to_pixel(u, v, self.img_size))
+
+    def click(self, x: float, y: float) -> dict[str, ClickResult]:
+        """Match the source point ``(x, y)`` (``img_size`` pixels, clamped to the image) under every prompt and
+        redraw. Returns ``{label: ClickResult}``."""
+        top = self.img_size - 1.0
+        self.click_xy = (min(max(float(x), 0.0), top), min(max(float(y), 0.0), top))
+        self.n_clicks += 1
+        self.results = explore_click(self.features, self.click_xy, self.img_size, self.matcher_box.value,
+                                     self.k_box.value)
+        snapped = nearest_keypoint(self.click_xy, self.src_kps, self.snap_radius)
+        self.gt_xy = None if snapped is None or self.trg_kps is None else self.trg_kps[snapped]
+        self.source.set_png(render_source_png(self.src_image, self.img_size, self.display_size, self.click_xy,
+                                              self.src_kps))
+        for label, result in self.results.items():
+            self.targets[label].value = render_target_png(self.trg_image, result, self.display_size, self.gt_xy)
+        self.table.value = self._table_html(snapped)
+        self.source.state = {"click": [round(v, 3) for v in self.click_xy], "n": self.n_clicks,
+                             "matcher": self.matcher_box.value,
+                             "pred": {label: [round(float(v), 3) for v in r.pred_xy] for label, r in self.results.items()}}
+        return self.results
+
+    def _table_html(self, snapped: int | None) -> str:
+        rows = []
+        for label, r in self.results.items():
+            err = ""
+            if self.gt_xy is not None:
+                d = float(np.linalg.norm(r.pred_xy - self.gt_xy))
+                err = f"{d:.1f} px" + (f" ({d / self.thr:.2f} × thr)" if self.thr else "")
+            cands = ", ".join(f"{i}: {_fmt(xy)} {s:.2f}" for i, (xy, s) in enumerate(zip(r.topk_xy, r.topk_score), 1))
+            rows.append(f'<tr class="sd4m-pred" data-prompt="{html.escape(label)}" data-x="{r.pred_xy[0]:.3f}" '
+                        f'data-y="{r.pred_xy[1]:.3f}"><td>{html.escape(label)}</td><td>{_fmt(r.pred_xy)}</td>'
+                        f"<td>{err or '–'}</td><td><small>{cands}</small></td></tr>")
+        where = f"click {_fmt(self.click_xy)} in {self.img_size}² pixels"
+        if snapped is not None:
+            where += f" · nearest annotated keypoint: #{snapped}"
+        return (f"<div>{where}</div><table class='sd4m-results'><tr><th>prompt</th><th>prediction</th>"
+                f"<th>error vs. ground truth</th><th>top-k candidates (x, y) cosine</th></tr>{''.join(rows)}</table>")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# annotation helper
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _as_xy(xy) -> tuple[float, float]:
+    try:
+        x, y = xy
+    except (TypeError, ValueError):
+        raise ValueError(f"a point must be (x, y), got {xy!r}") from None
+    for v in (x, y):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            raise ValueError(f"a point must be two finite numbers, got {xy!r}")
+    return float(x), float(y)
+
+
+class Annotator:
+    """Named keypoints on a folder of images, edited point by point and saved as ``annotations.json``
+    (the custom dataset format, :mod:`sd4match_utils.data.custom`).
+
+    Args:
+        folder: the images' root folder; image paths are stored relative to it, in ``folder/annotations.json``,
+            which is read when it exists (each entry validated).
+
+    Coordinates are pixels of the original image. Nothing is written until :meth:`save`.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: image folder not found")
+        self.path = self.folder / ANNOTATION_FILE
+        self._entries: dict[str, dict] = {}
+        if self.path.is_file():
+            for entry in self._read_loose():
+                self._entries[entry["image"]] = entry
+
+    def _read_loose(self) -> list[dict]:
+        """Entries of an existing file, each validated, without the dataset-level rules (a half-done file may
+        still have a category with one image)."""
+        from .data.base import DatasetFormatError
+
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetFormatError(self.path, f"malformed JSON ({exc})") from exc
+        if not isinstance(data, list):
+            raise DatasetFormatError(self.path, f"expected a JSON list of image entries, got {type(data).__name__}")
+        out = []
+        for i, entry in enumerate(data):
+            check_entry(entry, i, self.path, self.path.parent)
+            out.append(json.loads(json.dumps(entry)))
+        return out
+
+    # ------------------------------------------------------------------ queries
+    def images(self) -> list[str]:
+        """Every image file under the folder, as sorted relative ``/`` paths."""
+        return sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*")
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and ".ipynb_checkpoints" not in p.parts)
+
+    @property
+    def entries(self) -> list[dict]:
+        """Copies of the entries, in the order their images were first annotated."""
+        return json.loads(json.dumps(list(self._entries.values())))
+
+    def keypoints(self, image: str | Path) -> dict[str, tuple[float, float]]:
+        entry = self._entries.get(self._rel(image))
+        return {} if entry is None else {n: (xy[0], xy[1]) for n, xy in entry["keypoints"].items()}
+
+    def category(self, image: str | Path) -> str | None:
+        entry = self._entries.get(self._rel(image))
+        return None if entry is None else entry["category"]
+
+    def names(self, category: str | None = None) -> list[str]:
+        """Keypoint names used so far (in a category, or anywhere), in first-use order."""
+        seen: dict[str, None] = {}
+        for e in self._entries.values():
+            if category is None or e["category"] == category:
+                seen.update(dict.fromkeys(e["keypoints"]))
+        return list(seen)
+
+    # ------------------------------------------------------------------ edits
+    def _rel(self, image: str | Path) -> str:
+        p = Path(image)
+        if p.is_absolute():
+            try:
+                p = p.resolve().relative_to(self.folder.resolve())
+            except ValueError:
+                raise ValueError(f"{image} is not inside {self.folder}") from None
+        return p.as_posix()
+
+    def _size(self, rel: str) -> tuple[int, int]:
+        path = self.folder / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image not found")
+        return image_size(path)
+
+    def add_point(self, image: str | Path, name: str, xy, category: str | None = None) -> dict:
+        """Place (or move) keypoint ``name`` of ``image`` at ``xy = (x, y)`` original pixels.
+
+        ``category`` is required the first time an image is annotated (and changes it when given later).
+
+        Returns:
+            A copy of the image's entry.
+
+        Raises:
+            ValueError: empty name, non-numeric point, point outside the image, no category for a new image.
+            FileNotFoundError: the image does not exist.
+        """
+        rel = self._rel(image)
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a keypoint needs a non-empty name, got {name!r}")
+        name = name.strip()
+        x, y = _as_xy(xy)
+        w, h = self._size(rel)
+        if not (-1 <= x <= w and -1 <= y <= h):
+            raise ValueError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} image {rel}")
+        entry = self._entries.get(rel)
+        if entry is None:
+            if not category or not str(category).strip():
+                raise ValueError(f"{rel} is not annotated yet: give its category")
+            entry = self._entries[rel] = {"image": rel, "category": str(category).strip(), "keypoints": {}}
+        elif category:
+            entry["category"] = str(category).strip()
+        entry["keypoints"][name] = [round(x, 2), round(y, 2)]
+        return json.loads(json.dumps(entry))
+
+    def remove_point(self, image: str | Path, name: str) -> bool:
+        """Remove a keypoint; ``True`` when it existed. An image left without keypoints stays listed."""
+        entry = self._entries.get(self._rel(image))
+        return bool(entry) and entry["keypoints"].pop(name, None) is not None
+
+    def set_category(self, image: str | Path, category: str) -> None:
+        rel = self._rel(image)
+        if not category or not str(category).strip():
+            raise ValueError("category must be a non-empty string")
+        self._size(rel)
+        self._entries.setdefault(rel, {"image": rel, "category": "", "keypoints": {}})["category"] = str(category).strip()
+
+    def set_bbox(self, image: str | Path, bbox: Sequence[float] | None) -> None:
+        """Set (or with ``None`` remove) the object box ``[x1, y1, x2, y2]`` of an annotated image."""
+        rel = self._rel(image)
+        entry = self._entries.get(rel)
+        if entry is None:
+            raise ValueError(f"{rel} is not annotated yet: add a point or a category first")
+        if bbox is None:
+            entry.pop("bbox", None)
+            return
+        x1, y1 = _as_xy(bbox[:2])
+        x2, y2 = _as_xy(bbox[2:])
+        if not (x2 > x1 and y2 > y1):
+            raise ValueError(f"bbox {list(bbox)} must have x2 > x1 and y2 > y1")
+        entry["bbox"] = [x1, y1, x2, y2]
+
+    def to_json(self) -> str:
+        return format_annotations(list(self._entries.values()))
+
+    def save(self) -> Path:
+        """Validate every entry (as the loader would) and write the file atomically.
+
+        Returns:
+            The annotation file's path.
+        """
+        for i, entry in enumerate(self._entries.values()):
+            check_entry(entry, i, self.path, self.path.parent)
+        return atomic_write_text(self.path, self.to_json())
+
+
+class AnnotatorWidget:
+    """Click to place named keypoints on your photos; **Save** writes ``annotations.json``.
+
+    Pick an image, type (or pick) its category and the name of the next keypoint, click on the image. After a
+    click the name moves on to the next name not yet placed on this image (the names given, then those already
+    used in the image's category). **Undo** removes the last
+    point placed. ``annotator_widget.widget`` is the box to display (``display(annotator_widget)`` works too).
+
+    Args:
+        annotator: the :class:`Annotator` holding the data.
+        names: the keypoint names you intend to place (in order); more can be typed.
+        category: default category of images not annotated yet.
+        display_size: width in pixels of the shown image.
+    """
+
+    def __init__(self, annotator: Annotator, names: Sequence[str] = (), category: str = "object",
+                 display_size: int = 384):
+        import ipywidgets as W
+
+        self.annotator, self.display_size = annotator, int(display_size)
+        self.given = [str(n) for n in names]
+        images = annotator.images()
+        if not images:
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {annotator.folder}")
+        self.image_box = W.Dropdown(options=images, description="image", layout=W.Layout(width="380px"))
+        self.category_box = W.Text(value=annotator.category(images[0]) or category, description="category")
+        planned = self.planned()
+        self.name_box = W.Combobox(options=planned, value=planned[0] if planned else "", description="keypoint",
+                                   ensure_option=False)
+        self.canvas = ClickImage(width=self.display_size, alt="click to place the keypoint")
+        self.canvas.on_click(self._on_click)
+        undo, save = W.Button(description="Undo last"), W.Button(description="Save", button_style="success")
+        undo.on_click(lambda _: self.undo())
+        save.on_click(lambda _: self.save())
+        self.status = W.HTML()
+        self._history: list[tuple[str, str, tuple[float, float] | None]] = []
+        self._image: Image.Image | None = None
+        self.image_box.observe(lambda _: self._load_image(), names="value")
+        self.widget = W.VBox([W.HBox([self.image_box, self.category_box]), W.HBox([self.name_box, undo, save]),
+                              self.canvas, self.status])
+        self.widget.add_class("sd4m-annotator")
+        self._load_image()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    @property
+    def image(self) -> str:
+        return self.image_box.value
+
+    def planned(self) -> list[str]:
+        """The names offered, in order: those given, then those already used in the current category."""
+        return list(dict.fromkeys(self.given + self.annotator.names(self.category_box.value.strip() or None)))
+
+    def _load_image(self) -> None:
+        self._image = load_rgb(self.annotator.folder / self.image)
+        cat = self.annotator.category(self.image)
+        if cat:
+            self.category_box.value = cat
+        self._advance()
+        self._redraw(f"{self.image}: {self._image.size[0]}x{self._image.size[1]} px")
+
+    def _advance(self) -> None:
+        placed = self.annotator.keypoints(self.image)
+        planned = self.planned()
+        self.name_box.options = planned
+        nxt = next((n for n in planned if n not in placed), None)
+        if nxt is not None:
+            self.name_box.value = nxt
+
+    def _redraw(self, message: str = "") -> None:
+        points = self.annotator.keypoints(self.image)
+        self.canvas.set_png(render_points_png(self._image, points, self.display_size, self.name_box.value))
+        self.canvas.state = {"image": self.image, "points": {n: list(xy) for n, xy in points.items()}}
+        self.status.value = html.escape(message)
+
+    def _on_click(self, u: float, v: float) -> None:
+        w, h = self._image.size
+        self.click(*fraction_to_pixel(u, v, w, h))
+
+    def click(self, x: float, y: float) -> None:
+        """Place the current keypoint name at ``(x, y)`` original pixels of the current image."""
+        name = self.name_box.value.strip()
+        try:
+            before = self.annotator.keypoints(self.image).get(name)
+            self.annotator.add_point(self.image, name, (x, y), self.category_box.value)
+        except ValueError as exc:
+            self._redraw(f"not placed: {exc}")
+            return
+        self._history.append((self.image, name, before))
+        self._advance()
+        self._redraw(f"{name} at ({x:.1f}, {y:.1f}); {len(self.annotator.keypoints(self.image))} point(s) on "
+                     f"this image; not saved yet")
+
+    def undo(self) -> None:
+        """Undo the last placement (restoring a moved point's previous position)."""
+        if not self._history:
+            self._redraw("nothing to undo")
+            return
+        image, name, before = self._history.pop()
+        if before is None:
+            self.annotator.remove_point(image, name)
+        else:
+            self.annotator.add_point(image, name, before)
+        if image == self.image:
+            self.name_box.value = name
+        self._redraw(f"undid {name} on {image}")
+
+    def save(self) -> Path:
+        path = self.annotator.save()
+        self._redraw(f"saved {len(self.annotator.entries)} image(s) to {path}")
+        return path
+
+
+def own_pair(src_image, trg_image, category: str = "object") -> SimpleNamespace:
+    """Two photos of your own as the pair-like object :func:`pair_features` takes (no annotations needed)."""
+    return SimpleNamespace(src_image=src_image, trg_image=trg_image, category=category)

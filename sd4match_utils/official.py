@@ -1,0 +1,147 @@
+"""Importing the prompts published with the paper's code into this package's prompt files (SPEC §4).
+
+Two pickled formats exist, both read with ``torch.load(..., weights_only=True)`` (tensors, dicts and plain
+values only: a file holding any other pickled object is refused, so nothing in it is executed):
+
+* ``ckpt.pt`` — a CPM: a plain state dict with exactly the keys ``global_embeds (1, G, D)``,
+  ``positional_embedding (1, C, D)``, ``alpha_cond (1, C, D)``, ``linear_C.weight (D, 2c)``,
+  ``linear_C.bias (D,)``, ``linear_N.weight (256, 256)``, ``linear_N.bias (256,)`` (SD 2-1 with DINOv2-base:
+  D = 1024, c = 768, G = 25, C = 50). A ``module.`` prefix (a state dict saved from a DDP wrapper) is removed.
+* ``caption.pt`` — Single or Class prompts: a dict from ``"dataset"`` (Single) or category names (Class) to the
+  full token-embedding sequence ``(1, 77, D)`` (BOS and EOS rows included). The learned prompt is rows 1..75;
+  rows 0 and 76 must be this model's BOS and EOS embeddings (token + position), which is checked.
+
+Both become ``<out>/prompt.safetensors`` (kinds ``cpm``, ``single``, ``class``), loadable with
+:func:`~sd4match_utils.prompts.load_prompt` and usable as ``sd4match evaluate --prompt <out>/prompt.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from .cpm import CPM_KEYS, ConditionalPrompt, check_tensors, cpm_shapes
+from .prompts import N_PROMPT_TOKENS, LearnedPrompt, frame_rows
+
+OFFICIAL_KINDS = ("cpm", "caption")
+SINGLE_KEY = "dataset"
+
+
+def load_official(path) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a torch file, or it holds objects other than tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        blocked = next((line for line in lines if "GLOBAL" in line), None)
+        if blocked:  # a pickled object of some class or function: not executed, not loaded
+            raise ValueError(f"{path}: refused: it holds objects other than tensors and plain containers, which "
+                             f"are not loaded (weights_only=True): {blocked}") from e
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[-1] if lines else "")
+        raise ValueError(f"{path}: not a readable torch checkpoint ({detail})") from e
+    except Exception as e:  # noqa: BLE001 - zip / pickle format errors of many types
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cpm_from_state_dict(state: dict, sd, dino: str = "facebook/dinov2-base", features: str = "patch",
+                        source="state dict") -> ConditionalPrompt:
+    """A :class:`ConditionalPrompt` holding an official CPM state dict, checked against model ``sd``.
+
+    G, C and the mode (``pair`` when ``linear_C`` takes 2c channels, ``image`` when c) are read from the shapes;
+    c is the width of ``dino`` (known for the public ids and ``tiny`` without loading weights). ``features``
+    (patch / pooled) cannot be told from shapes and must be given. The DINOv2 is attached on first use.
+
+    Raises:
+        ValueError: missing or unexpected keys, or shapes that do not fit (expected vs found), naming ``source``.
+    """
+    from .dino import dino_dim
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source}: expected a state dict of tensors, found {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing = [k for k in CPM_KEYS if k not in state]
+    unexpected = [k for k in state if k not in CPM_KEYS]
+    if missing or unexpected:
+        raise ValueError(f"{source}: not an official CPM checkpoint: missing keys {missing}, unexpected keys "
+                         f"{unexpected} (expected exactly {list(CPM_KEYS)})")
+    c = dino_dim(dino)
+    g = state["global_embeds"].shape[1] if state["global_embeds"].ndim == 3 else 0
+    n = state["positional_embedding"].shape[1] if state["positional_embedding"].ndim == 3 else 0
+    mode = "image" if state["linear_C.weight"].ndim == 2 and state["linear_C.weight"].shape[1] == c else "pair"
+    expected = cpm_shapes(sd.text_dim, c, g, n, mode)
+    check_tensors(state, expected, source)
+    prompt = ConditionalPrompt(sd.text_dim, c, g, n, mode, features)
+    prompt.load_state_dict({k: v.float() for k, v in state.items()})
+    prompt.dino_info = {"spec": dino, "model": dino, "dim": c, "n_patches": 256}
+    return prompt.to(sd.device)
+
+
+def prompts_from_captions(captions: dict, sd, source="captions", check_model: bool = True) -> LearnedPrompt:
+    """A Single (key ``"dataset"``) or Class (category keys) :class:`LearnedPrompt` from official caption
+    embeddings ``{key: (1, 77, D)}``; the prompt is rows 1..75.
+
+    Raises:
+        ValueError: not such a dict, a shape other than ``(1, 77, D)``, or (``check_model``) BOS / EOS rows that
+            are not this model's (the prompt was learned for another text encoder).
+    """
+    if not isinstance(captions, dict) or not captions:
+        raise ValueError(f"{source}: expected a non-empty dict of caption embeddings, found {type(captions).__name__}")
+    want = (1, N_PROMPT_TOKENS + 2, sd.text_dim)
+    bad_type = [str(k) for k, v in captions.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad_type:
+        raise ValueError(f"{source}: expected str → tensor entries; bad entries {bad_type}")
+    bad = [f"{k!r}: expected {want}, found {tuple(v.shape)}" for k, v in captions.items() if tuple(v.shape) != want]
+    if bad:
+        raise ValueError(f"{source}: caption embeddings of the wrong shape: " + "; ".join(bad))
+    if SINGLE_KEY in captions and len(captions) > 1:
+        raise ValueError(f"{source}: has {SINGLE_KEY!r} (Single) and category keys (Class): "
+                         f"{sorted(captions)}")
+    if check_model:
+        bos, eos, _ = frame_rows(sd, N_PROMPT_TOKENS)
+        for k, v in captions.items():
+            v = v.float().to(bos.device)
+            for name, row, ref in (("BOS", v[0, 0], bos[0]), ("EOS", v[0, -1], eos[0])):
+                if not torch.allclose(row, ref, rtol=1e-2, atol=1e-3):
+                    raise ValueError(f"{source}: entry {k!r}: the {name} row is not this model's {name} embedding "
+                                     f"(was it learned for another text encoder?); pass check_model=False to force")
+    if SINGLE_KEY in captions:
+        return LearnedPrompt("single", captions[SINGLE_KEY][:, 1:-1].float().to(sd.device))
+    cats = sorted(captions)
+    emb = torch.cat([captions[k][:, 1:-1].float() for k in cats])
+    return LearnedPrompt("class", emb.to(sd.device), cats)
+
+
+def import_official(kind: str, file, out_dir, sd, dino: str = "facebook/dinov2-base", features: str = "patch",
+                    check_model: bool = True) -> Path:
+    """Convert an official ``ckpt.pt`` (``kind="cpm"``) or ``caption.pt`` (``kind="caption"``) into
+    ``<out_dir>/prompt.safetensors`` for model ``sd``; returns that path. The metadata records the source file
+    and its SHA-256."""
+    if kind not in OFFICIAL_KINDS:
+        raise ValueError(f"kind must be one of {OFFICIAL_KINDS}, got {kind!r}")
+    obj = load_official(file)
+    if kind == "cpm":
+        prompt = cpm_from_state_dict(obj, sd, dino, features, source=file)
+    else:
+        prompt = prompts_from_captions(obj, sd, source=file, check_model=check_model)
+    extra = {"source": "official", "official_kind": kind, "official_file": str(file),
+             "official_sha256": file_sha256(file)}
+    return prompt.save(Path(out_dir) / "prompt.safetensors", sd, extra)

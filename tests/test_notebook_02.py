@@ -1,0 +1,112 @@
+"""Notebook 02 (prompt tuning and its ablations): the .py / .ipynb pair agrees, and a small papermill run works.
+
+The papermill run uses a ``python3`` kernel spec written into a temporary ``JUPYTER_PATH`` that points at this
+interpreter (so a stray user-level ``python3`` kernel running another Python cannot be picked up).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+STEM = "02_prompt_tuning_ablations"
+IPYNB = NOTEBOOKS / f"{STEM}.ipynb"
+PY = NOTEBOOKS / f"{STEM}.py"
+AXES = {"length", "init", "lr", "train_timestep", "test_timestep"}
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_ipynb_matches_its_percent_script_and_is_clean():
+    jupytext = pytest.importorskip("jupytext")
+    nb = nbformat.read(IPYNB, as_version=4)
+    assert _cells(nb) == _cells(jupytext.read(PY)), (
+        f"{IPYNB.name} is out of date: regenerate it with "
+        f"`jupytext --to ipynb --set-kernel python3 notebooks/{PY.name}`")
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and nb.cells.index(params[0]) == 1
+    lines = [ln for ln in params[0].source.splitlines() if ln.strip()]
+    assert all(" = " in ln and "  # " in ln for ln in lines), "one typed literal with a comment per line"
+    assert all("=" not in ln.split("  # ", 1)[1] for ln in lines), "papermill cannot parse '=' in a comment"
+    names = {ln.split(" = ")[0] for ln in lines}
+    assert {"model", "dataset", "data_root", "img_size", "train_steps", "batch_size", "lr", "train_timestep",
+            "test_timestep", "ensemble", "n_tokens", "init", "ablate_lengths", "ablate_inits", "ablate_lrs",
+            "ablate_train_timesteps", "ablate_test_timesteps", "val_limit", "test_limit", "seed", "device",
+            "precision", "cpu_threads", "out_dir", "runs_dir"} <= names
+
+
+@pytest.fixture
+def python3_kernel(tmp_path, monkeypatch):
+    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
+    pytest.importorskip("ipykernel")
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    return "python3"
+
+
+@pytest.mark.slow
+def test_notebook_02_runs_with_papermill(tmp_path, python3_kernel, synthetic_roots):
+    papermill = pytest.importorskip("papermill")
+    out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"
+    params = dict(data_root=str(synthetic_roots["spair"]), out_dir=str(out_dir), runs_dir=str(runs_dir),
+                  img_size=128, train_steps=1, batch_size=1, ensemble=1, val_limit=1, test_limit=2,
+                  ablate_lengths=[4, 75], ablate_inits=["random", "text"], ablate_lrs=[0.01],
+                  ablate_train_timesteps=[261], ablate_test_timesteps=[50, 261], cpu_threads=1)
+    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
+                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
+                               execution_timeout=300)
+
+    metrics = json.loads((out_dir / "02_metrics_tiny_spair.json").read_text())
+    for key in ("comparison", "training", "training_curves", "ablations", "settings", "runs", "model", "dataset",
+                "figures", "provenance"):
+        assert metrics[key], key
+    assert {k: metrics["settings"][k] for k in params} == params
+    assert metrics["settings"]["img_size_used"] == 128 and metrics["model"]["model"] == "tiny"
+
+    comparison = metrics["comparison"]
+    assert [p for p in dict.fromkeys(r["prompt"] for r in comparison)] == ["empty", "text", "single", "class"]
+    assert {(r["matcher"], r["averaging"]) for r in comparison} == {
+        (m, a) for m in ("kernel_softmax", "nn") for a in ("per_image", "per_point")}
+    assert {r["alpha"] for r in comparison} == {0.05, 0.1, 0.15}
+    assert all(0 <= r["pck"] <= 100 for r in comparison)
+
+    training = {r["prompt"]: r for r in metrics["training"]}
+    assert set(training) == {"single", "class"}
+    assert all(0 <= t["val_pck_before"] <= 100 and 0 <= t["val_pck_last"] <= 100 and t["steps"] == 1
+               for t in training.values())
+    assert {r["kind"] for r in metrics["training_curves"]} == {"train", "val"}
+
+    ablations = metrics["ablations"]
+    assert set(ablations) == AXES
+    for axis in AXES:
+        assert [v for v in dict.fromkeys(r["value"] for r in ablations[axis])] == params[
+            {"length": "ablate_lengths", "init": "ablate_inits", "lr": "ablate_lrs",
+             "train_timestep": "ablate_train_timesteps", "test_timestep": "ablate_test_timesteps"}[axis]]
+        assert all(0 <= r["pck"] <= 100 for r in ablations[axis])
+    # base values reuse the base Single run: 4 distinct prompts (single, class, length 4, init text)
+    assert len(metrics["runs"]) == 4
+    assert all(r["reused"] for r in ablations["lr"]) and all(r["reused"] for r in ablations["test_timestep"])
+    assert {r["run"] for r in ablations["lr"]} == {training["single"]["run"]}
+
+    for name in ("02_prompts_tiny_spair.png", "02_training_tiny_spair.png", "02_ablations_tiny_spair.png"):
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert name in metrics["figures"].values()
+    assert not list(out_dir.glob(".*tmp"))  # atomic writes left nothing behind
+
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "0%|" not in text  # no frozen progress bars in headless runs

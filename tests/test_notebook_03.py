@@ -1,0 +1,128 @@
+"""Notebook 03 (conditional prompt training): the .py / .ipynb pair agrees, and a tiny papermill run trains CPM,
+Class and Single, analyses the CPM gate, compares per category, evaluates on PF-Willow and writes its outputs.
+
+The papermill run uses a ``python3`` kernel spec written into a temporary ``JUPYTER_PATH`` that points at this
+interpreter (see ``test_notebook_01.py``).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+STEM = "03_conditional_prompt_training"
+IPYNB = NOTEBOOKS / f"{STEM}.ipynb"
+PY = NOTEBOOKS / f"{STEM}.py"
+
+
+def _code_and_markdown(nb):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_ipynb_matches_its_percent_script_and_is_clean():
+    jupytext = pytest.importorskip("jupytext")
+    nb = nbformat.read(IPYNB, as_version=4)
+    script = jupytext.read(PY)
+    assert _code_and_markdown(nb) == _code_and_markdown(script), (
+        f"{IPYNB.name} is out of date: regenerate it with "
+        f"`jupytext --to ipynb --set-kernel python3 notebooks/{PY.name}`")
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# 03")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and nb.cells.index(params[0]) == 1
+    lines = [ln for ln in params[0].source.splitlines() if ln.strip()]
+    assert all(" = " in ln and "  # " in ln for ln in lines), "one typed literal with a comment per line"
+    names = {ln.split(" = ")[0] for ln in lines}
+    assert {"model", "dataset", "data_root", "dino", "img_size", "train_steps", "batch_size", "lr", "lr_linear",
+            "n_global", "n_cond", "test_limit", "ensemble", "seed", "out_dir", "runs_dir"} <= names
+    values = {}
+    exec(params[0].source, {}, values)  # noqa: S102 - our own literals
+    assert (values["model"], values["dataset"], values["data_root"], values["dino"]) == ("tiny", "pfpascal", "", "")
+    assert (values["lr"], values["lr_linear"], values["n_global"], values["n_cond"]) == (1e-2, 1e-3, 25, 50)
+    assert (values["out_dir"], values["runs_dir"]) == ("../figures", "../runs/03")
+    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "random" in text and "0.09 s" in text and "facebook/dinov2-base" in text  # the closing notes
+
+
+@pytest.fixture
+def python3_kernel(tmp_path, monkeypatch):
+    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
+    pytest.importorskip("ipykernel")
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+    return "python3"
+
+
+@pytest.mark.slow
+def test_notebook_03_runs_with_papermill(tmp_path, python3_kernel):
+    papermill = pytest.importorskip("papermill")
+    from sd4match_utils.data import ensure_synthetic
+
+    roots = ensure_synthetic(tmp_path / "synthetic")
+    out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"
+    params = dict(data_root=str(roots["pfpascal"]), willow_root=str(roots["pfwillow"]), img_size=128,
+                  train_steps=1, batch_size=2, val_limit=2, test_limit=3, ensemble=1, n_change_pairs=1,
+                  out_dir=str(out_dir), runs_dir=str(runs_dir))
+    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
+                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
+                               execution_timeout=300)
+
+    metrics = json.loads((out_dir / "03_metrics_tiny_pfpascal.json").read_text())
+    assert {k: metrics["settings"][k] for k in params} == params
+    assert metrics["settings"]["dino_used"] == "tiny" and metrics["settings"]["img_size_used"] == 128
+
+    # the three prompts trained with one budget, into runs_dir
+    training = {r["prompt"]: r for r in metrics["training"]}
+    assert set(training) == {"cpm", "class", "single"}
+    assert all(r["steps"] == r["total_steps"] == 1 and r["reused"] is False for r in training.values())
+    for folder in metrics["settings"]["runs"].values():
+        assert Path(folder).parent == runs_dir and (Path(folder) / "prompt_best.safetensors").is_file()
+    assert Path(metrics["settings"]["runs"]["cpm"]).name.startswith("cpm_")
+
+    # the CPM's gate before / after, and its description
+    gate = metrics["cpm"]["gate"]
+    assert set(gate) == {"before", "after"} and -1 <= gate["after"]["min"] <= gate["after"]["max"] <= 1
+    assert metrics["cpm"]["describe"]["n_global"] == 25 and metrics["cpm"]["describe"]["n_cond"] == 50
+    norms = metrics["cpm"]["token_norms"]["after"]
+    assert (len(norms["global"]), len(norms["positional"]), len(norms["gate"])) == (25, 50, 50)
+
+    # per-category comparison on the test split (3 pairs) with the three prompts
+    per_cat = metrics["test"]["per_category_kernel_softmax_pck@0.1_per_image"]
+    assert set(per_cat) == {"cpm", "class", "single"} and "all" in per_cat["cpm"]
+    assert all(0 <= v <= 100 for col in per_cat.values() for v in col.values())
+    assert {r["n_pairs"] for r in metrics["test"]["runs"]} == {3}
+    assert all(Path(r["folder"]).parent.parent == runs_dir / "eval" for r in metrics["test"]["runs"])
+
+    # cross-dataset: the PF-Pascal prompts on PF-Willow's sub-classes (Class through the category aliases)
+    willow = metrics["cross_dataset_pfwillow"]
+    assert {r["prompt"] for r in willow} == {"cpm", "class", "single"}
+    assert {r["dataset"] for r in willow} == {"pfwillow"}
+    assert any("(" in r["category"] for r in willow)
+
+    # CPM vs Class
+    summary = metrics["cpm_vs_class"]["summary"]
+    assert summary[0]["category"] == "all" and summary[0]["keypoints"] > 0
+    assert summary[0]["net"] == summary[0]["fixed"] - summary[0]["broken"]
+
+    for what in ("training", "cpm_gate", "categories", "willow", "cpm_vs_class"):
+        name = f"03_{what}_tiny_pfpascal.png"
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert metrics["figures"][what] == name
+    assert not list(out_dir.glob(".*tmp"))
+
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "0%|" not in text

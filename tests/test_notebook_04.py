@@ -1,0 +1,138 @@
+"""Notebook 04 (benchmark evaluation): the .py / .ipynb pair agrees, and a tiny papermill run evaluates fixed and
+learned prompts on the three benchmark formats and writes the tidy results, the Markdown tables, the reference
+comparison, the figures and the metrics JSON.
+
+The papermill run uses a ``python3`` kernel spec written into a temporary ``JUPYTER_PATH`` that points at this
+interpreter (see ``test_notebook_01.py``).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+STEM = "04_benchmark_evaluation"
+IPYNB = NOTEBOOKS / f"{STEM}.ipynb"
+PY = NOTEBOOKS / f"{STEM}.py"
+
+
+def _code_and_markdown(nb):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_ipynb_matches_its_percent_script_and_is_clean():
+    jupytext = pytest.importorskip("jupytext")
+    nb = nbformat.read(IPYNB, as_version=4)
+    script = jupytext.read(PY)
+    assert _code_and_markdown(nb) == _code_and_markdown(script), (
+        f"{IPYNB.name} is out of date: regenerate it with "
+        f"`jupytext --to ipynb --set-kernel python3 notebooks/{PY.name}`")
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# 04")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and nb.cells.index(params[0]) == 1
+    lines = [ln for ln in params[0].source.splitlines() if ln.strip()]
+    assert all(" = " in ln and "  # " in ln for ln in lines), "one typed literal with a comment per line"
+    values = {}
+    exec(params[0].source, {}, values)  # noqa: S102 - our own literals
+    assert values["prompts"] == ["empty", "text"]
+    assert values["datasets"] == {"spair": "", "pfpascal": "", "pfwillow": ""}
+    # the paper's protocol, except the documented CPU-sized ensemble, limit and size of the tiny default
+    assert (values["layer"], values["timestep"], values["report_matcher"]) == (1, 50, "kernel_softmax")
+    assert values["alphas"] == [0.05, 0.1, 0.15] and values["matchers"] == "all"
+    assert (values["out_dir"], values["runs_dir"]) == ("../figures", "../runs/04")
+    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "ensemble = 2" in text and "paper's 8" in text and "0.057 s" in text and "not comparable" in text
+
+
+@pytest.fixture
+def python3_kernel(tmp_path, monkeypatch):
+    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
+    pytest.importorskip("ipykernel")
+    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("MPLBACKEND", "agg")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+    return "python3"
+
+
+@pytest.mark.slow
+def test_notebook_04_runs_with_papermill(tmp_path, python3_kernel, tiny_sd):
+    papermill = pytest.importorskip("papermill")
+    from sd4match_utils.cpm import ConditionalPrompt
+    from sd4match_utils.data import ensure_synthetic
+    from sd4match_utils.dino import DinoFeatures
+
+    roots = ensure_synthetic(tmp_path / "synthetic")
+    cpm = tmp_path / "trained" / "cpm_demo" / "prompt_best.safetensors"  # a CPM prompt file, as training writes
+    ConditionalPrompt.initialise(tiny_sd, DinoFeatures("tiny"), seed=1).save(cpm, tiny_sd)
+    out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"
+    params = dict(prompts=["empty", "text", str(cpm)], datasets={d: str(r) for d, r in roots.items()},
+                  ensemble=1, limit=2, img_size=128, n_boot=100, n_show=1, out_dir=str(out_dir),
+                  runs_dir=str(runs_dir))
+    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
+                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
+                               execution_timeout=300)
+
+    tag = "tiny_spair-pfpascal-pfwillow-synthetic"  # the given roots are the generator's folders
+    metrics = json.loads((out_dir / f"04_metrics_{tag}.json").read_text())
+    assert {k: metrics["settings"][k] for k in params} == params
+    assert metrics["settings"]["protocol"]["timestep"] == 50 and metrics["settings"]["protocol"]["ensemble"] == 1
+
+    # every (dataset, prompt) went through run_evaluation into runs_dir/<dataset>/<prompt>/
+    runs = pd.DataFrame(metrics["runs"])
+    assert len(runs) == 9 and set(runs.status) == {"computed"} and (runs.n_pairs == 2).all()
+    for r in runs.itertuples():
+        assert Path(r.folder) == runs_dir / r.dataset / r.prompt
+        assert (Path(r.folder) / "predictions.csv").is_file() and (Path(r.folder) / "metrics.json").is_file()
+    assert set(runs.prompt) == {"empty", "text", "cpm_demo"} and set(runs.kind) == {"empty", "text", "cpm"}
+
+    # the tidy CSV
+    results = pd.read_csv(out_dir / f"04_results_{tag}.csv")
+    key = ["dataset", "prompt", "matcher", "alpha", "averaging", "space", "category"]
+    assert {*key, "pck", "n", "ci_low", "ci_high"} <= set(results.columns)
+    assert not results.duplicated(key).any()
+    assert set(results.matcher) == {"nn", "bilinear", "softmax", "kernel_softmax", "window_softargmax", "mutual_nn"}
+    assert sorted(set(results.alpha)) == [0.05, 0.1, 0.15] and set(results.space) == {"resized", "original"}
+    assert set(results.averaging) == {"per_image", "per_point"} and set(results.dataset) == set(roots)
+    assert (results.ci_low <= results.pck + 1e-9).all() and (results.pck <= results.ci_high + 1e-9).all()
+    assert results.label.str.contains("tiny (random weights), synthetic data — not comparable", regex=False).all()
+
+    # difficulty flags (SPair only), reference comparison, best / worst
+    assert {f["flag"] for f in metrics["flags"]} == {"viewpoint_variation", "scale_variation", "truncation",
+                                                     "occlusion"}
+    assert {f["dataset"] for f in metrics["flags"]} == {"spair"}
+    comparison = pd.DataFrame(metrics["reference_comparison"])
+    assert set(comparison.method) == {"SD4Match-CPM", "DIFT (SD2-1 zero-shot)"}
+    assert set(comparison[comparison.method == "SD4Match-CPM"].prompt) == {"cpm_demo"}
+    assert not comparison.comparable.any()
+    assert ((comparison.ours - comparison.reference - comparison.difference).abs() < 1e-9).all()
+    best = pd.DataFrame(metrics["best_worst"]["pairs"])
+    assert metrics["best_worst"]["prompt"] == "cpm_demo"
+    assert sorted(best.which.tolist()) == ["best"] * 3 + ["worst"] * 3  # one of each per dataset
+
+    md = (out_dir / f"04_results_{tag}.md").read_text()
+    assert md.startswith("# Benchmark evaluation") and "not comparable" in md and "| benchmark | prompt |" in md
+    cmp_md = (out_dir / f"04_reference_comparison_{tag}.md").read_text()
+    assert "| SD4Match-CPM | SPair-71k |" in cmp_md and "SD4Match paper (CVPR 2024)" in cmp_md
+    for what in ("overview", "matchers", "categories", "flags", "best_worst"):
+        name = f"04_{what}_{tag}.png"
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert metrics["files"][what] == name
+    assert not list(out_dir.glob(".*tmp"))
+
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "0%|" not in text
