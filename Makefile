@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 RUNS      := runs
 
-.PHONY: setup demo test test-fast test-browser figures lab data clean
+.PHONY: setup demo test test-fast test-browser figures lab data reproduce clean
 
 ## setup: create the virtual environment (torch first: the CPU wheel), install the package and dev tools
 $(STAMP): pyproject.toml
@@ -38,6 +38,13 @@ figures: data
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
 		TQDM_DISABLE=1 ../$(BIN)/papermill --no-progress-bar -k python3 $$nb ../$(RUNS)/notebooks/$$nb || exit 1; \
 	done
+
+## reproduce: the paper's full protocol on a GPU machine with real weights and data (README "Reproducing the paper")
+SD21 ?= weights/sd21
+DINO ?= weights/dinov2-base
+DATA ?= data/real
+reproduce: setup
+	bash benchmarks/reproduce.sh "$(SD21)" "$(DINO)" "$(DATA)"
 
 ## test: the whole test suite (unit tests, format fixtures, notebook runs, the JupyterLab browser test), offline
 test: setup

