@@ -291,7 +291,7 @@ def render_markdown(result: dict, title: str) -> str:
              "peak memory is GPU memory allocated on CUDA, the process's peak resident memory on the CPU.", ""]
     rates = result.get("matmul_tflops", {})
     if rates:
-        lines += ["Measured dense matmul rate: " + ", ".join(f"{p} {r:.0f} TFLOP/s" for p, r in rates.items()), ""]
+        lines += ["Measured dense matmul rate: " + ", ".join(f"{p} {r:.3g} TFLOP/s" for p, r in rates.items()), ""]
     ext = [r for r in result["extraction"] if not r["strategy"].startswith("check")]
     checks = [r for r in result["extraction"] if r["strategy"].startswith("check")]
     lines += ["| precision | size | E | strategy | s / image | peak GiB | × vs dift | × vs original | FLOP bound (ms) |",
