@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 RUNS      := runs
 
-.PHONY: setup demo test test-fast test-browser figures lab data reproduce clean
+.PHONY: setup demo test test-fast test-browser figures lab data reproduce mini mini-targets clean
 
 ## setup: create the virtual environment (torch first: the CPU wheel), install the package and dev tools
 $(STAMP): pyproject.toml
@@ -28,8 +28,8 @@ data: setup
 
 ## demo: the main job on the embedded default: evaluate zero-shot, then run every notebook headlessly
 demo: data
-	$(BIN)/sd4match evaluate --dataset spair --data-root data/synthetic/SPair-71k --split test --model tiny \
-		--prompt text --layer 1 --timestep 50 --ensemble 8 --matcher all --out $(RUNS)/demo_zero_shot
+	$(BIN)/sd4match evaluate --dataset spair --data-root data/synthetic/SPair-71k --split test --model mini \
+		--prompt text --ensemble 8 --matcher all --out $(RUNS)/demo_zero_shot
 	$(MAKE) figures
 
 ## figures: regenerate every figure in figures/ by executing the notebooks (papermill, outputs kept in runs/)
@@ -38,6 +38,15 @@ figures: data
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
 		TQDM_DISABLE=1 ../$(BIN)/papermill --no-progress-bar -k python3 $$nb ../$(RUNS)/notebooks/$$nb || exit 1; \
 	done
+
+## mini: pre-train the embedded model from scratch (resumable: re-run to continue) and ship it into the package
+MINI_MINUTES ?= 80
+mini: setup
+	$(BIN)/sd4match pretrain-mini --out $(RUNS)/mini --minutes $(MINI_MINUTES) --threads 1 --resume --ship
+
+## mini-targets: what the shipped mini shows on held-out synthetic pairs (README "Results"; ≈ 15 min on 2 cores)
+mini-targets: setup
+	$(BIN)/python benchmarks/mini_targets.py --out benchmarks/mini
 
 ## reproduce: the paper's full protocol on a GPU machine with real weights and data (README "Reproducing the paper")
 SD21 ?= weights/sd21

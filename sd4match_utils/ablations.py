@@ -155,7 +155,14 @@ def _effective(settings: TrainSettings | Mapping) -> dict:
     """The settings that define a run: ``data_root`` resolved, :data:`_KEY_EXCLUDED` dropped, and every field
     left at its :class:`TrainSettings` default dropped too (so a field added to ``TrainSettings`` later, with a
     default, neither renames old runs nor stops them from being reused)."""
+    from .evaluate import apply_recommended
+    from .models import ModelNotAvailableError, recommended_for
+
     s = asdict(settings) if isinstance(settings, TrainSettings) else dict(settings)
+    try:  # unset read-out settings mean the model's recommended ones, which the run records
+        s = apply_recommended(s, recommended_for(s.get("model", "tiny")), timestep_key="train_timestep")
+    except ModelNotAvailableError:
+        pass
     defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
     out = {}
     for k, v in s.items():
@@ -176,7 +183,8 @@ def run_key(settings: TrainSettings, model_fingerprint: str = "") -> str:
 def run_dir(settings: TrainSettings, out_root: str | Path, model_fingerprint: str = "") -> Path:
     """``out_root/<type>_n<tokens>_<init>_lr<lr>_t<timestep>_<steps>_<key>``: readable and unique per run."""
     steps = f"s{settings.max_steps}" if settings.max_steps is not None else f"e{settings.epochs}"
-    name = (f"{settings.prompt_type}_n{settings.n_tokens}_{settings.init}_lr{settings.lr:g}_t{settings.timestep}"
+    timestep = _effective(settings).get("timestep", settings.timestep)
+    name = (f"{settings.prompt_type}_n{settings.n_tokens}_{settings.init}_lr{settings.lr:g}_t{timestep}"
             f"_{steps}_{run_key(settings, model_fingerprint)}")
     return Path(out_root) / name
 

@@ -166,10 +166,6 @@ def bench_train_step(sd, batch: int = 3, img_size: int = 768, gradient_checkpoin
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(2 * batch, 4, h, h, generator=g).to(dev)
     kps = [torch.rand(10, 2, generator=g) * (img_size - 1) for _ in range(2 * batch)]
-    if gradient_checkpointing:
-        sd.unet.enable_gradient_checkpointing()
-        sd.unet.train()
-
     def step():
         opt.zero_grad(set_to_none=True)
         cond = prompt(sd, ["x"] * batch).repeat(2, 1, 1)
@@ -182,12 +178,10 @@ def bench_train_step(sd, batch: int = 3, img_size: int = 768, gradient_checkpoin
         opt.step()
         return loss
 
-    try:
+    from .train import gradient_checkpointing as checkpointing  # exactly what `sd4match train` does
+
+    with checkpointing(sd.unet, gradient_checkpointing):
         sec, peak = timed(step, dev, repeats=repeats)
-    finally:
-        if gradient_checkpointing:
-            sd.unet.disable_gradient_checkpointing()
-            sd.unet.eval()
     return {"batch_pairs": batch, "img_size": img_size, "precision": sd.identity.get("precision"),
             "gradient_checkpointing": gradient_checkpointing, "seconds_per_step": sec, "peak_gib": peak}
 

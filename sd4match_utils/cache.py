@@ -62,6 +62,54 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
     return Path(path)
 
 
+class FolderLockedError(RuntimeError):
+    """Another run holds the lock of an output folder (the message names the folder and, when known, the owner)."""
+
+
+LOCK_NAME = ".sd4match.lock"
+LOCK_OWNER_NAME = ".sd4match.lock.owner.json"
+
+
+@contextmanager
+def locked_folder(folder: str | Path, what: str = "run"):
+    """Hold an exclusive lock on ``folder`` (created if needed) for the duration of a run.
+
+    The lock is ``folder/.sd4match.lock`` (``filelock``; released by the operating system if the process dies);
+    the holder's pid, host and start time are written beside it (``.sd4match.lock.owner.json``) so that a second
+    run fails at once with :class:`FolderLockedError` naming them.
+    """
+    import datetime as _dt
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        owner = ""
+        try:
+            info = json.loads((folder / LOCK_OWNER_NAME).read_text())
+            owner = (f" (pid {info.get('pid')} on host {info.get('host')}, {info.get('what', 'run')} started "
+                     f"{info.get('started')})")
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise FolderLockedError(f"{folder} is in use by another sd4match run{owner}; wait for it to finish "
+                                f"or choose another output folder") from None
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+          "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        atomic_write_json(folder / LOCK_OWNER_NAME, me)
+        yield folder
+    finally:
+        try:
+            (folder / LOCK_OWNER_NAME).unlink(missing_ok=True)
+        finally:
+            lock.release()
+
+
 class TensorCache:
     """``key → {name: tensor}`` stored as ``<root>/<kind>/<key[:2]>/<key>.safetensors``.
 

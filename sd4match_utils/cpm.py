@@ -227,7 +227,8 @@ class ConditionalPrompt(torch.nn.Module):
     def save(self, path, sd, extra: dict | None = None):
         """Write the CPM as a prompt file (kind ``"cpm"``): tensors under their ``state_dict`` keys, metadata
         G, C, mode, features, widths and the DINOv2 identity, plus ``extra``."""
-        return write_prompt_file(path, sd, "cpm", dict(self.state_dict()), {**self.file_metadata(), **(extra or {})})
+        return write_prompt_file(path, sd, "cpm", dict(self.state_dict()), {**self.file_metadata(), **(extra or {})},
+                                 text_dim=self.text_dim)
 
     @classmethod
     def load(cls, path, sd, check_model: bool = True, dino=None, dino_cache=None) -> "ConditionalPrompt":

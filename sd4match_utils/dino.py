@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from .cache import TensorCache
-from .models import ModelNotAvailableError, _fingerprint_folder, _fingerprint_modules, hub_snapshot
+from .models import (FOLDER_FINGERPRINT_OF, ModelNotAvailableError, _fingerprint_folder, _fingerprint_modules,
+                     hub_snapshot)
 
 #: The DINOv2 the paper uses (ViT-B/14, 768-d).
 DEFAULT_DINO_ID = "facebook/dinov2-base"
@@ -96,6 +97,13 @@ def resolve_dino_folder(model: str) -> tuple[Path, str]:
     Raises:
         ModelNotAvailableError: the folder is not a DINOv2 folder, or the id is not cached and cannot be downloaded.
     """
+    if model == "mini":
+        from .mini import MINI_DIR
+
+        model = str(MINI_DIR / "dino")
+        if not (MINI_DIR / "dino").is_dir():
+            raise ModelNotAvailableError(f"{model}: the embedded model 'mini' is missing from this installation")
+        return Path(model), "embedded"
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
         if not path.is_dir():
@@ -124,7 +132,7 @@ def load_dino_model(model: str = DEFAULT_DINO_ID, seed: int = 0):
         raise ModelNotAvailableError(f"{folder}: could not load DINOv2: {e}") from e
     return net.eval().requires_grad_(False), {"model": model, "source": source, "folder": str(folder),
                                               "fingerprint": _fingerprint_folder(folder),
-                                              "fingerprint_of": "config files and weight-file sizes"}
+                                              "fingerprint_of": FOLDER_FINGERPRINT_OF}
 
 
 def dino_probe(net, n: int = 8) -> list[float]:

@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import platform
+import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,11 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .cache import atomic_write_json, atomic_write_text
-from .features import FeatureExtractor, image_key
+from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, locked_folder
+from .checks import (check_device, check_has_pairs, check_img_size, check_limit, check_positive,
+                     check_writable_folder)
+from .features import FeatureExtractor, NonFiniteFeaturesError, image_key
 from .matching import MATCHERS, match_all
 from .metrics import ALPHAS, bootstrap_ci, pck_records
-from .prompts import FIXED_PROMPTS, conditioning_key, encode_text, load_prompt, prompt_text
+from .prompts import FIXED_PROMPTS, conditioning_key, encode_text, inspect_prompt_file, load_prompt, prompt_text
 
 #: Columns of ``predictions.csv`` (then any per-pair flags, such as SPair's difficulty flags).
 PREDICTION_COLUMNS = [
@@ -34,6 +39,20 @@ PREDICTION_COLUMNS = [
 PAPER_TEST_SETTINGS = dict(layer=1, timestep=50, ensemble=8, matcher="kernel_softmax")
 
 
+def apply_recommended(settings, recommended: dict, timestep_key: str = "timestep"):
+    """``settings`` (a settings dataclass or a dict) with its unset (None) ``layer`` / ``timestep`` /
+    ``val_timestep`` filled from a model's recommended read-out (``SDModel.recommended``; SD 2-1: up-block 1,
+    t = 50 at test and 261 in training), so that result files record the values actually used."""
+    from dataclasses import replace
+
+    wanted = {"layer": "layer", "timestep": timestep_key, "val_timestep": "timestep"}
+    get = settings.get if isinstance(settings, dict) else lambda k, d=None: getattr(settings, k, d)
+    fill = {k: recommended[r] for k, r in wanted.items() if get(k, 0) is None}
+    if isinstance(settings, dict):
+        return {**settings, **fill}
+    return replace(settings, **fill) if fill else settings
+
+
 @dataclass
 class EvalSettings:
     """Everything that determines an evaluation run (written into ``metrics.json``)."""
@@ -43,8 +62,8 @@ class EvalSettings:
     split: str = "test"
     model: str = "tiny"
     prompt: str = "text"
-    layer: int = 1
-    timestep: int = 50
+    layer: int | None = None  # None: the model's recommended read-out (SD 2-1: 1)
+    timestep: int | None = None  # None: the model's recommended test timestep (SD 2-1: 50)
     ensemble: int = 8
     matchers: list[str] = field(default_factory=lambda: ["kernel_softmax"])
     limit: int | None = None
@@ -57,6 +76,14 @@ class EvalSettings:
     cache_dir: str | None = None
     dino: str | None = None  # CPM prompts: DINOv2 overriding the one recorded in the prompt file
     dino_cache: str | None = None  # CPM prompts: on-disk cache of DINOv2 features
+
+    def check(self) -> None:
+        """Cheap checks of the values (no model, no data): ``ValueError`` naming the bad one."""
+        check_positive("batch_size", self.batch_size)
+        check_positive("ensemble", self.ensemble)
+        check_img_size(self.img_size)
+        check_limit("limit", self.limit)
+        check_device(self.device)
 
 
 def parse_matchers(spec: str | list[str]) -> list[str]:
@@ -152,6 +179,13 @@ def _image_ids(entry) -> tuple[tuple, tuple]:
     return (str(entry.src_path), flip), (str(entry.trg_path), flip)
 
 
+def _image_name(ident) -> str:
+    """An image identity of :func:`_image_ids` (``(path, flip)``, or a content key) as text for messages."""
+    if isinstance(ident, tuple):
+        return f"{ident[0]} (mirrored)" if ident[1] else str(ident[0])
+    return f"with content key {ident}"
+
+
 def predict(
     dataset,
     extractor: FeatureExtractor,
@@ -163,6 +197,7 @@ def predict(
     indices=None,
     chunk: int = 8,
     on_rows=None,
+    on_skip=None,
 ) -> pd.DataFrame:
     """Predict every keypoint of the chosen pairs with each matcher.
 
@@ -174,6 +209,8 @@ def predict(
     Args:
         indices: pair indices to process (default: the first ``limit`` pairs).
         on_rows: optional callback ``on_rows(pair_index, rows)`` after each pair (used to write shards).
+        on_skip: optional callback ``on_skip(pair_index, sample, reason)`` for each pair without any usable
+            keypoint (``sample.n_kps == 0``): such pairs have no rows and no features are extracted for them.
 
     Returns:
         The predictions table (:data:`PREDICTION_COLUMNS` plus flag columns), coordinates in ``img_size`` space.
@@ -193,7 +230,9 @@ def predict(
     rows: list[dict] = []
     bar = tqdm(total=len(indices), desc=f"{dataset.name}/{dataset.split}", disable=not progress, unit="pair")
     for c0 in range(0, len(indices), chunk):
-        block = [(pos, indices[pos], dataset[indices[pos]]) for pos in range(c0, min(c0 + chunk, len(indices)))]
+        loaded = [(pos, indices[pos], dataset[indices[pos]]) for pos in range(c0, min(c0 + chunk, len(indices)))]
+        block = [b for b in loaded if b[2].n_kps > 0]
+        skipped = [b for b in loaded if b[2].n_kps == 0]
         conds = [conditioning(sample) for _, _, sample in block]
         # the images of this chunk not yet extracted, grouped by conditioning
         todo: dict[str, tuple[torch.Tensor, dict]] = {}
@@ -208,7 +247,11 @@ def predict(
                 if key not in live:
                     todo.setdefault(ckey, (cond, {}))[1].setdefault(key, img)
         for cond, images in todo.values():
-            feats = extractor(list(images.values()), cond)[layer]
+            try:
+                feats = extractor(list(images.values()), cond)[layer]
+            except NonFiniteFeaturesError as e:  # name the image by its file (only known here)
+                named = {image_key(img): _image_name(key[0]) for key, img in images.items()}
+                raise (e.renamed(named[e.image_key]) if e.image_key in named else e) from None
             for key, f in zip(images, feats):
                 live[key] = f
         for (pos, i, sample), keys in zip(block, pair_keys):
@@ -221,6 +264,14 @@ def predict(
             for key in keys:  # drop features no later pair needs
                 if conditioning.pair_dependent or last_use.get(key[0], -1) <= pos:
                     live.pop(key, None)
+            bar.update(1)
+        for pos, i, sample in skipped:
+            reason = getattr(sample, "skip_reason", None) or "no keypoint visible in both images"
+            if on_skip is not None:
+                on_skip(i, sample, reason)
+            ids = set(_image_ids(entries[i])) if entries is not None else set()
+            for key in [k for k in live if k[0] in ids and last_use.get(k[0], -1) <= pos]:
+                live.pop(key)  # features whose last user was this skipped pair
             bar.update(1)
     bar.close()
     df = pd.DataFrame(rows)
@@ -259,80 +310,167 @@ def provenance() -> dict:
     }
 
 
-#: Settings that do not change the predictions (so a run may be resumed with other values).
-_RESUME_FREE = ("cache_dir", "dino_cache", "batch_size", "shard_size")
+#: Settings that do not change the predictions (so a run may be resumed with other values). ``batch_size`` is not
+#: one of them: it sets how an image's ensemble copies are chunked in UNet calls, which changes the last bits.
+_RESUME_FREE = ("cache_dir", "dino_cache", "shard_size")
+#: Files of a finished evaluation (removed when a new, not resumed, run starts in the folder).
+RESULT_FILES = ("predictions.csv", "metrics.json")
 
 
 class _ShardWriter:
-    """Collects rows per pair and writes every ``size`` finished pairs as one shard CSV (atomically)."""
+    """Collects rows (and skipped pairs) per pair and writes every ``size`` finished pairs as one shard.
 
-    def __init__(self, folder: Path, size: int):
-        self.folder, self.size, self.pending, self.first = folder, size, [], None
+    A shard is two files written atomically one after the other: ``pairs-A-B.csv`` (the rows, with ``pair_index``)
+    and then ``pairs-A-B.json`` (the run's settings fingerprint, the pair indices covered, the skipped pairs and the
+    CSV's SHA-256). Only a shard whose JSON matches the run's fingerprint and its CSV's bytes counts as finished."""
+
+    def __init__(self, folder: Path, size: int, fingerprint: str):
+        self.folder, self.size, self.fingerprint = folder, size, fingerprint
+        self.pending: list[tuple[int, list[dict], dict | None]] = []
 
     def __call__(self, index: int, rows: list[dict]) -> None:
-        self.first = index if self.first is None else self.first
-        self.pending.append((index, rows))
+        self._add(index, rows, None)
+
+    def skip(self, index: int, sample, reason: str) -> None:
+        self._add(index, [], {"pair_index": index, "pair_id": sample.pair_id, "category": sample.category,
+                              "reason": reason})
+
+    def _add(self, index, rows, skipped) -> None:
+        self.pending.append((index, rows, skipped))
         if len(self.pending) >= self.size:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
-        idx = [i for i, _ in self.pending]
-        rows = [r for _, rs in self.pending for r in rs]
+        idx = [i for i, _, _ in self.pending]
+        rows = [r for _, rs, _ in self.pending for r in rs]
         df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=PREDICTION_COLUMNS)
-        df.insert(0, "pair_index", [i for i, rs in self.pending for _ in rs])
-        atomic_write_text(self.folder / f"pairs-{min(idx):06d}-{max(idx):06d}.csv", df.to_csv(index=False))
-        self.pending, self.first = [], None
+        df.insert(0, "pair_index", [i for i, rs, _ in self.pending for _ in rs])
+        data = df.to_csv(index=False).encode("utf-8")
+        stem = f"pairs-{min(idx):06d}-{max(idx):06d}"
+        atomic_write_bytes(self.folder / f"{stem}.csv", data)
+        atomic_write_json(self.folder / f"{stem}.json", {
+            "fingerprint": self.fingerprint, "pairs": sorted(idx), "rows": len(df),
+            "skipped": [s for _, _, s in self.pending if s is not None],
+            "sha256": hashlib.sha256(data).hexdigest()})
+        self.pending = []
 
 
-def _finished_pairs(folder: Path) -> tuple[set[int], list[Path]]:
-    """Pair indices covered by the shard files in ``folder`` (each shard names its first and last pair)."""
-    done, files = set(), sorted(folder.glob("pairs-*.csv"))
-    for f in files:
-        a, b = (int(x) for x in f.stem.split("-")[1:3])
-        shard = pd.read_csv(f, usecols=["pair_index"]) if f.stat().st_size else None
-        done.update(shard["pair_index"].unique().tolist() if shard is not None and len(shard) else range(a, b + 1))
-    return done, files
+def _finished_shards(folder: Path, fingerprint: str) -> tuple[set[int], list[tuple[Path, dict]]]:
+    """Pair indices covered by the finished shards in ``folder`` and those shards ``(csv path, record)``.
+
+    A shard counts only when its JSON record is readable, carries ``fingerprint`` and the SHA-256 of its CSV's
+    bytes as they are now: a 0-byte, truncated, unreadable or foreign shard (other settings) is never finished."""
+    done: set[int] = set()
+    good: list[tuple[Path, dict]] = []
+    for record_path in sorted(folder.glob("pairs-*.json")):
+        csv_path = record_path.with_suffix(".csv")
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+                continue
+            if hashlib.sha256(csv_path.read_bytes()).hexdigest() != record["sha256"]:
+                continue
+            pairs = {int(i) for i in record["pairs"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pairs & done:  # overlapping shards cannot both be right: keep the first
+            continue
+        done |= pairs
+        good.append((csv_path, record))
+    return done, good
+
+
+def _remove_unfinished_shards(folder: Path, keep: list[tuple[Path, dict]]) -> None:
+    """Delete shard files that are not part of a finished shard (and leftovers of interrupted atomic writes)."""
+    kept = {p.name for c, _ in keep for p in (c, c.with_suffix(".json"))}
+    for p in list(folder.glob("pairs-*")) + list(folder.glob(".pairs-*.tmp")):
+        if p.name not in kept and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def settings_fingerprint(manifest: dict) -> str:
+    """Short hash of a run's manifest (the settings that determine its predictions), stamped on every shard."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_prompt_spec(spec: str) -> None:
+    """Before the model loads: a prompt that is not ``text`` / ``empty`` must be a readable prompt file."""
+    if spec in FIXED_PROMPTS:
+        return
+    path = Path(spec)
+    if path.suffix != ".safetensors" and not path.exists():
+        raise ValueError(f"--prompt must be one of {FIXED_PROMPTS} or a prompt .safetensors file, got {spec!r}")
+    inspect_prompt_file(path)
 
 
 def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progress: bool = True,
                    resume: bool = False, shard_size: int = 200) -> dict:
     """Evaluate and write ``out_dir/predictions.csv`` and ``out_dir/metrics.json`` (atomically).
 
-    Work is saved as it goes: every ``shard_size`` finished pairs are written to ``out_dir/shards/`` (one atomic
-    CSV each). With ``resume=True`` an interrupted run skips the pairs its shards already hold (the settings must
-    match, checked against ``shards/manifest.json``); without it, old shards are discarded. The final files are
-    assembled from the shards, so killing a run at any moment never leaves a half-written result.
+    Cheap checks come first, before the model loads (settings, the output folder can be written, the split has
+    pairs, the prompt file is one). The folder is then locked for the duration of the run (a second run on it
+    fails at once with :class:`~sd4match_utils.cache.FolderLockedError`). A run that is not a resume removes the
+    previous run's ``predictions.csv`` / ``metrics.json`` and shards before it starts.
+
+    Work is saved as it goes: every ``shard_size`` finished pairs are written to ``out_dir/shards/`` (atomically,
+    each shard stamped with the settings fingerprint and its checksum). With ``resume=True`` an interrupted run
+    skips the pairs its finished shards already hold (the settings must match, checked against
+    ``shards/manifest.json``); a shard from other settings, empty or damaged is recomputed. An image's features do
+    not depend on the other images extracted with it, so the resumed ``predictions.csv`` is byte-identical to an
+    uninterrupted run's (same machine and thread count). Pairs without any usable keypoint are listed in
+    ``metrics.json`` under ``skipped`` (pair index, id, category, reason) with a one-line warning on stderr.
 
     Returns:
         The ``metrics.json`` content.
     """
-    import shutil
+    from .data import DEFAULT_IMG_SIZE, load_dataset
 
+    out_dir = Path(out_dir)
+    settings.check()
+    check_positive("shard_size", shard_size)
+    matchers = parse_matchers(settings.matchers)
+    check_writable_folder(out_dir)
+    _check_prompt_spec(settings.prompt)
+    index = load_dataset(settings.dataset, settings.data_root, settings.split,
+                         img_size=settings.img_size or DEFAULT_IMG_SIZE)
+    n = check_has_pairs(index, settings.limit)
+    with locked_folder(out_dir, "evaluate"):
+        if not resume:
+            for name in RESULT_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(out_dir / "shards", ignore_errors=True)
+        return _run_locked(settings, out_dir, sd, progress, resume, shard_size, matchers, index, n)
+
+
+def _run_locked(settings, out_dir, sd, progress, resume, shard_size, matchers, index, n) -> dict:
     from .data import load_dataset
     from .models import load_sd
 
-    out_dir = Path(out_dir)
-    matchers = parse_matchers(settings.matchers)
     if sd is None:
         sd = load_sd(settings.model, device=settings.device, precision=settings.precision)
+    settings = apply_recommended(settings, sd.recommended)
     img_size = settings.img_size or sd.native_img_size
-    dataset = load_dataset(settings.dataset, settings.data_root, settings.split, img_size=img_size)
+    dataset = index if index.img_size == img_size else load_dataset(settings.dataset, settings.data_root,
+                                                                      settings.split, img_size=img_size)
     extractor = FeatureExtractor(
         sd, layers=(settings.layer,), timestep=settings.timestep, ensemble=settings.ensemble,
         latent=settings.latent, img_size=img_size, seed=settings.seed, batch_size=settings.batch_size,
         cache_dir=settings.cache_dir,
     )
     conditioning = make_conditioning(sd, settings.prompt, dino=settings.dino, dino_cache=settings.dino_cache)
-    n = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
 
     shards = out_dir / "shards"
     manifest = {"settings": {k: v for k, v in asdict(settings).items() if k not in _RESUME_FREE},
                 "matchers": matchers, "img_size": img_size, "model": sd.identity.get("fingerprint"), "n_pairs": n}
     manifest = json.loads(json.dumps(manifest, default=str))
     if shards.exists() and resume:
-        saved = json.loads((shards / "manifest.json").read_text()) if (shards / "manifest.json").is_file() else None
+        saved = None
+        try:
+            saved = json.loads((shards / "manifest.json").read_text())
+        except (OSError, ValueError):
+            pass
         if saved != manifest:
             raise ValueError(f"{shards}: cannot resume, these shards were made with other settings "
                              f"(saved {saved}, now {manifest}); run without --resume to start again")
@@ -340,18 +478,25 @@ def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progres
         shutil.rmtree(shards)
     shards.mkdir(parents=True, exist_ok=True)
     atomic_write_json(shards / "manifest.json", manifest)
-    done, _ = _finished_pairs(shards)
+    fingerprint = settings_fingerprint(manifest)
+    done, finished = _finished_shards(shards, fingerprint)
+    _remove_unfinished_shards(shards, finished)
     todo = [i for i in range(n) if i not in done]
-    writer = _ShardWriter(shards, shard_size)
+    writer = _ShardWriter(shards, shard_size, fingerprint)
     predict(dataset, extractor, conditioning, matchers, settings.layer, progress=progress, indices=todo,
-            on_rows=writer)
+            on_rows=writer, on_skip=writer.skip)
     writer.flush()
 
-    _, files = _finished_pairs(shards)
-    parts = [pd.read_csv(f) for f in files if f.stat().st_size]
+    _, finished = _finished_shards(shards, fingerprint)
+    covered = set().union(*[set(r["pairs"]) for _, r in finished]) if finished else set()
+    if covered != set(range(n)):
+        missing = sorted(set(range(n)) - covered)
+        raise RuntimeError(f"{shards}: pairs {missing[:10]} have no finished shard after the run (disk trouble?)")
+    parts = [pd.read_csv(f) for f, r in finished if r["rows"]]
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["pair_index", *PREDICTION_COLUMNS])
     df = df.sort_values(["pair_index", "matcher", "kp_index"], kind="stable").drop(columns="pair_index")
     df = df.reset_index(drop=True)
+    skipped = sorted((s for _, r in finished for s in r.get("skipped", [])), key=lambda s: s["pair_index"])
     atomic_write_text(out_dir / "predictions.csv", df.to_csv(index=False))
     metrics = {
         **summarize(df, img_size),
@@ -361,12 +506,18 @@ def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progres
         "conditioning": conditioning.describe(),
         "dataset": {"name": dataset.name, "root": str(dataset.root), "split": dataset.split,
                     "n_pairs": int(df["pair_id"].nunique()) if len(df) else 0,
-                    "n_keypoints": int(len(df) / max(len(matchers), 1))},
+                    "n_keypoints": int(len(df) / max(len(matchers), 1)), "n_skipped": len(skipped)},
+        "skipped": skipped,
         "run": {"pairs_computed_now": len(todo), "pairs_from_earlier_runs": n - len(todo),
                 "unique_images_extracted": extractor.extracted},
         "provenance": provenance(),
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
+    if skipped:
+        first = ", ".join(s["pair_id"] for s in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"sd4match: warning: skipped {len(skipped)} of {n} pair(s) without any usable keypoint ({first}; "
+              f"first reason: {skipped[0]['reason']}); listed under 'skipped' in {out_dir / 'metrics.json'}",
+              file=sys.stderr)
     return metrics
 
 

@@ -4,8 +4,10 @@ image → resize to ``img_size`` (no aspect ratio) → [-1, 1] → VAE posterior
 → ``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) ε`` → UNet → outputs of ``up_blocks[l]`` for the requested ``l``.
 The UNet stops right after the deepest requested block (forward hooks; identical features, less compute).
 With an ensemble of E, the VAE runs once per image and E noise copies of its latent go through the UNet; the E
-maps are averaged. Randomness is drawn per image from ``(seed, image content)``, so an image's features do not
-depend on which batch it was in, and caches stay valid.
+maps are averaged. Randomness is drawn per image from ``(seed, image content)``, and no UNet or VAE call ever mixes
+two images (the VAE takes one image at a time, the UNet one image's E copies in chunks of ``batch_size``, inputs in
+one fixed contiguous layout): an image's features are the same bits whichever images it is extracted with, so a
+resumed run reproduces an uninterrupted one exactly, and caches stay valid.
 """
 
 from __future__ import annotations
@@ -25,15 +27,49 @@ UP_BLOCKS = (0, 1, 2, 3)
 LATENT_MODES = ("sample", "mean")
 
 
+#: Part of every cache key: bumped when the arithmetic of the extraction changes (2: one image per VAE / UNet call,
+#: contiguous inputs), so that maps cached by an older version are not mixed with new ones.
+_EXTRACTION_VERSION = 2
+
+
 class _StopForward(Exception):
     """Raised from a forward hook to leave the UNet once the deepest needed block has run."""
+
+
+class NonFiniteFeaturesError(ValueError):
+    """A feature map holds NaN or Inf (weights or conditioning with non-finite values): never a prediction.
+
+    Attributes: ``name`` (how the image was named), ``image_key`` (its content key, when known), ``layer``,
+    ``n_more`` (other images of the batch with the same problem)."""
+
+    def __init__(self, name: str, layer: int, image_key: str | None = None, n_more: int = 0):
+        self.name, self.layer, self.image_key, self.n_more = name, layer, image_key, n_more
+        more = f" (and {n_more} more image(s))" if n_more else ""
+        super().__init__(f"non-finite features (NaN or Inf) at up-block {layer} for image {name}{more}: the model "
+                         f"weights or the prompt hold NaN / Inf values; no prediction is made from such features")
+
+    def renamed(self, name: str) -> "NonFiniteFeaturesError":
+        """The same error naming the image ``name`` (e.g. its file, known to the caller only)."""
+        return NonFiniteFeaturesError(name, self.layer, self.image_key, self.n_more)
+
+
+def check_finite_maps(feats: dict[int, torch.Tensor], names: Sequence[str],
+                      keys: Sequence[str] | None = None) -> None:
+    """Raise :class:`NonFiniteFeaturesError` naming the first image whose map of some up-block is not finite.
+
+    ``feats``: ``{l: (B, C, h, w)}``; ``names`` / ``keys``: the B images' names and content keys. One reduction
+    per level (a single device sync); the offending images are looked for only when it fails."""
+    for l, x in feats.items():
+        if not bool(torch.isfinite(x).all()):
+            bad = [i for i in range(x.shape[0]) if not bool(torch.isfinite(x[i]).all())]
+            raise NonFiniteFeaturesError(names[bad[0]], l, keys[bad[0]] if keys is not None else None, len(bad) - 1)
 
 
 def preprocess(image: Image.Image, img_size: int = 768) -> torch.Tensor:
     """PIL image → ``(3, img_size, img_size)`` float32 in [-1, 1] (bilinear resize, RGB)."""
     img = image.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    return x * 2.0 - 1.0
+    return (x * 2.0 - 1.0).contiguous()  # one fixed layout: conv results on CPU depend on it
 
 
 def image_key(image: Image.Image) -> str:
@@ -125,7 +161,7 @@ class FeatureExtractor:
         latent: ``"sample"`` (paper) or ``"mean"`` of the VAE posterior.
         img_size: square resize resolution; default the model's native one (768 for SD 2-1, the paper's).
         seed: base seed; per-image randomness is derived from it and the image content.
-        batch_size: rows per UNet call (images × E are chunked to this).
+        batch_size: rows per UNet call: each image's E noise copies are chunked to this (images are never mixed).
         cache_dir: optional folder for latents and features (safetensors, keyed by content and settings).
         early_exit: stop the UNet after the deepest requested block.
     """
@@ -147,6 +183,8 @@ class FeatureExtractor:
             raise ValueError(f"latent must be one of {LATENT_MODES}, got {latent!r}")
         if ensemble < 1:
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= timestep < len(sd.alphas_cumprod):
             raise ValueError(f"timestep must be in [0, {len(sd.alphas_cumprod) - 1}], got {timestep}")
         img_size = sd.native_img_size if img_size is None else int(img_size)
@@ -177,7 +215,8 @@ class FeatureExtractor:
 
     def _latent_key(self, ikey: str) -> str:
         s = self.settings()
-        parts = [s["model_fingerprint"], s["precision"], s["latent"], s["img_size"], s["seed"], ikey]
+        parts = [s["model_fingerprint"], s["precision"], s["latent"], s["img_size"], s["seed"], ikey,
+                 _EXTRACTION_VERSION]
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
     def _feature_key(self, ikey: str, ckey: str) -> str:
@@ -196,9 +235,9 @@ class FeatureExtractor:
                     self._latents[self._latent_key(keys[i])] = hit["z0"]
                     todo.remove(i)
         vae = self.sd.vae
-        for start in range(0, len(todo), self.batch_size):
-            idx = todo[start : start + self.batch_size]
-            x = torch.stack([preprocess(images[i], self.img_size) for i in idx]).to(self.sd.device, self.sd.dtype)
+        for i0 in todo:  # one image per VAE call: its latent does not depend on the other images
+            idx = [i0]
+            x = preprocess(images[i0], self.img_size)[None].to(self.sd.device, self.sd.dtype).contiguous()
             dist = vae.encode(x).latent_dist
             mean, std = dist.mean.float(), dist.std.float()
             for j, i in enumerate(idx):
@@ -225,42 +264,59 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def features_from_latents(
-        self, z0: torch.Tensor, cond: torch.Tensor, image_keys: Sequence[str]
+        self, z0: torch.Tensor, cond: torch.Tensor, image_keys: Sequence[str], names: Sequence[str] | None = None
     ) -> dict[int, torch.Tensor]:
-        """Noise each latent E times, run the UNet (chunked), average over E.
+        """Noise each latent E times, run the UNet on each image's E copies (chunks of ``batch_size`` rows, never
+        two images in one call), average over E.
 
         Args:
             z0: ``(B, 4, h, w)`` clean latents.
             cond: ``(1, 77, D)`` shared or ``(B, 77, D)`` per-image conditioning.
             image_keys: content keys of the B images (seed the noise).
+            names: the B images' names for error messages (default: their content keys).
 
         Returns:
             ``{l: (B, C_l, h_l, w_l)}`` float32 on the model's device.
+
+        Raises:
+            NonFiniteFeaturesError: a map holds NaN or Inf (the message names the image).
         """
         b, e = z0.shape[0], self.ensemble
         noise = self.noise(image_keys, tuple(z0.shape[1:])).to(z0.device)
-        z_t = add_noise(z0[:, None].float(), noise, self.timestep, self.sd.alphas_cumprod).flatten(0, 1)
+        z_t = add_noise(z0[:, None].float(), noise, self.timestep, self.sd.alphas_cumprod).contiguous()  # (B, E, ..)
         cond = cond.to(self.sd.device, self.sd.dtype)
-        cond_rows = cond.expand(b, -1, -1) if cond.shape[0] == 1 else cond
-        cond_rows = cond_rows.repeat_interleave(e, dim=0)
-        chunks: dict[int, list[torch.Tensor]] = {l: [] for l in self.layers}
-        for s in range(0, b * e, self.batch_size):
-            out = unet_readout(
-                self.sd.unet,
-                z_t[s : s + self.batch_size].to(self.sd.dtype),
-                self.timestep,
-                cond_rows[s : s + self.batch_size],
-                self.layers,
-                self.early_exit,
-            )
+        per_image: dict[int, list[torch.Tensor]] = {l: [] for l in self.layers}
+        for j in range(b):  # one image per UNet call (its E copies, chunked): batch composition fixed per image
+            cond_j = cond[j : j + 1] if cond.shape[0] > 1 else cond[:1]
+            chunks: dict[int, list[torch.Tensor]] = {l: [] for l in self.layers}
+            for s in range(0, e, self.batch_size):
+                rows = z_t[j, s : s + self.batch_size].to(self.sd.dtype).contiguous()
+                out = unet_readout(
+                    self.sd.unet,
+                    rows,
+                    self.timestep,
+                    cond_j.expand(rows.shape[0], -1, -1).contiguous(),
+                    self.layers,
+                    self.early_exit,
+                )
+                for l in self.layers:
+                    chunks[l].append(out[l].float())
             for l in self.layers:
-                chunks[l].append(out[l].float())
-        return {l: torch.cat(chunks[l]).unflatten(0, (b, e)).mean(dim=1) for l in self.layers}
+                per_image[l].append(torch.cat(chunks[l]).mean(dim=0))
+        feats = {l: torch.stack(per_image[l]) for l in self.layers}
+        names = list(names) if names is not None else [f"with content key {k}" for k in image_keys]
+        check_finite_maps(feats, names, list(image_keys))
+        return feats
 
-    def __call__(self, images: Sequence[Image.Image], cond: torch.Tensor) -> dict[int, torch.Tensor]:
+    def __call__(self, images: Sequence[Image.Image], cond: torch.Tensor,
+                 names: Sequence[str] | None = None) -> dict[int, torch.Tensor]:
         """Features of ``images`` under conditioning ``cond`` (``(1|B, 77, D)``): ``{l: (B, C_l, h_l, w_l)}``
-        float32 on the model's device. Uses the on-disk cache when one is configured."""
+        float32 on the model's device. Uses the on-disk cache when one is configured.
+
+        ``names`` (e.g. file paths) name the images in errors. Raises :class:`NonFiniteFeaturesError` when a map
+        (computed or read from the cache) holds NaN or Inf; such maps are never written to the cache."""
         keys = [image_key(im) for im in images]
+        names = list(names) if names is not None else [f"with content key {k}" for k in keys]
         per_image = cond.shape[0] == len(images) and len(images) > 1
         ckeys = [conditioning_key(cond[i : i + 1] if per_image else cond[:1]) for i in range(len(images))]
         fkeys = [self._feature_key(k, c) for k, c in zip(keys, ckeys)]
@@ -272,10 +328,15 @@ class FeatureExtractor:
             self.extracted += len(todo)
             z0 = self.latents([images[i] for i in todo])
             c = cond[todo] if per_image else cond[:1]
-            feats = self.features_from_latents(z0, c, [keys[i] for i in todo])
+            feats = self.features_from_latents(z0, c, [keys[i] for i in todo], [names[i] for i in todo])
             for j, i in enumerate(todo):
                 result[i] = {f"up{l}": feats[l][j].cpu() for l in self.layers}
                 if self.cache is not None:
                     meta = {"settings": self.settings(), "image": keys[i], "conditioning": ckeys[i]}
                     self.cache.put("features", fkeys[i], result[i], meta)
-        return {l: torch.stack([r[f"up{l}"] for r in result]).to(self.sd.device) for l in self.layers}
+        out = {l: torch.stack([r[f"up{l}"] for r in result]).to(self.sd.device) for l in self.layers}
+        if self.cache is not None and len(todo) < len(images):  # cache hits (a cache written before this check)
+            computed = set(todo)
+            hits = [i for i in range(len(images)) if i not in computed]
+            check_finite_maps({l: out[l][hits] for l in self.layers}, [names[i] for i in hits], [keys[i] for i in hits])
+        return out

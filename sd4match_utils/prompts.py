@@ -243,9 +243,10 @@ class LearnedPrompt(torch.nn.Module):
     # ---------------------------------------------------------------------------------------------- files
     def save(self, path, sd, extra: dict | None = None):
         """Write the prompt as safetensors (tensor ``embeddings``) with metadata: format, kind, categories,
-        shape, the model it belongs to (identity and a weight probe), and ``extra`` (training settings)."""
+        shape, the model it belongs to (identity and a weight probe; ``sd=None``: unknown), and ``extra``."""
         meta = {"categories": self.categories, "n_tokens": self.n_tokens, **(extra or {})}
-        return write_prompt_file(path, sd, self.kind, {"embeddings": self.embeddings}, meta)
+        return write_prompt_file(path, sd, self.kind, {"embeddings": self.embeddings}, meta,
+                                 text_dim=self.embeddings.shape[2])
 
     @classmethod
     def load(cls, path, sd, check_model: bool = True) -> "LearnedPrompt":
@@ -262,14 +263,35 @@ class LearnedPrompt(torch.nn.Module):
         return prompt
 
 
-def write_prompt_file(path, sd, kind: str, tensors: dict[str, torch.Tensor], meta: dict | None = None):
+def check_finite(tensors: dict[str, torch.Tensor], source) -> None:
+    """Refuse tensors holding NaN or ±Inf: ``ValueError`` naming ``source`` and each bad key (with counts)."""
+    bad = []
+    for k, v in tensors.items():
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all():
+            n_nan = int(torch.isnan(v).sum())
+            bad.append(f"{k!r} ({n_nan} NaN, {int((~torch.isfinite(v)).sum()) - n_nan} Inf of {v.numel()} values)")
+    if bad:
+        raise ValueError(f"{source}: non-finite values in tensor {', '.join(bad)}; refusing to use it")
+
+
+def write_prompt_file(path, sd, kind: str, tensors: dict[str, torch.Tensor], meta: dict | None = None,
+                      text_dim: int | None = None):
     """Save prompt tensors (safetensors, atomically) with the metadata every prompt file carries: format, kind,
-    ``text_dim``, the model it was learned on (identity and weight probe), plus ``meta``."""
+    ``text_dim``, the model it was learned on (identity and weight probe), plus ``meta``.
+
+    ``sd=None`` (a prompt imported without its model) needs ``text_dim``; the file then records the model as
+    unknown and has no weight probe, so loading it can check its width only."""
     from .cache import atomic_save_tensors
     from .models import weight_probe
 
-    header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind, "text_dim": sd.text_dim,
-              "model": sd.identity, "model_probe": weight_probe(sd)}
+    if sd is None:
+        if text_dim is None:
+            raise ValueError("write_prompt_file: give sd or text_dim")
+        header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind, "text_dim": int(text_dim),
+                  "model": {"model": "unknown"}}
+    else:
+        header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind, "text_dim": sd.text_dim,
+                  "model": sd.identity, "model_probe": weight_probe(sd)}
     return atomic_save_tensors(path, {k: v.detach().float().cpu() for k, v in tensors.items()},
                                {**header, **(meta or {})})
 
@@ -277,9 +299,13 @@ def write_prompt_file(path, sd, kind: str, tensors: dict[str, torch.Tensor], met
 def read_prompt_file(path, sd, check_model: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a prompt file's tensors and metadata, checking that it is one and that it belongs to ``sd``.
 
+    A file that records no weight probe (imported without its model) only warns that the model could not be
+    checked; its width is still checked by the loaders.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a prompt file, or learned on other weights (the message names both models).
+        ValueError: not a prompt file, a tensor with NaN / Inf values (named), or learned on other weights (the
+            message names both models).
     """
     import json
     from pathlib import Path
@@ -299,6 +325,17 @@ def read_prompt_file(path, sd, check_model: bool = True) -> tuple[dict[str, torc
         raise ValueError(f"{path}: not a readable sd4match prompt file ({e})") from e
     if meta.get("format") != PROMPT_FORMAT:
         raise ValueError(f"{path}: not an sd4match prompt file (format={meta.get('format')!r})")
+    inspect_prompt_file(path)  # tensor keys, shapes and metadata, each error naming the file
+    check_finite(tensors, path)
+    if check_model and "model_probe" not in meta:
+        import warnings
+
+        try:
+            theirs = json.loads(meta.get("model", "{}")).get("model", "unknown")
+        except (ValueError, AttributeError):
+            theirs = "unknown"
+        warnings.warn(f"{path}: the file does not identify the model it belongs to (model {theirs!r}): it could not "
+                      f"be checked against {sd.identity.get('model')!r}, only its width", UserWarning, stacklevel=2)
     if check_model and "model_probe" in meta and int(meta.get("text_dim", sd.text_dim)) == sd.text_dim:
         if not same_weights(json.loads(meta["model_probe"]), weight_probe(sd)):
             theirs = json.loads(meta.get("model", "{}"))
@@ -318,3 +355,73 @@ def load_prompt(path, sd, check_model: bool = True, **cpm_options):
 
         return ConditionalPrompt.load(path, sd, check_model, **cpm_options)
     return LearnedPrompt.load(path, sd, check_model)
+
+
+def inspect_prompt_file(path) -> dict[str, str]:
+    """Check a prompt file's structure from its header alone (no model, no tensor data read): it is a readable
+    sd4match prompt file of a known kind, holds the tensors that kind needs with sensible shapes, and its metadata
+    parses. Returns the metadata.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: anything else wrong, in one line naming the file.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prompt file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: not a readable sd4match prompt file ({type(e).__name__}: {e})") from None
+    if meta.get("format") != PROMPT_FORMAT:
+        raise ValueError(f"{path}: not an sd4match prompt file (metadata format={meta.get('format')!r})")
+
+    def meta_json(key, required=True):
+        if key not in meta:
+            if required:
+                raise ValueError(f"{path}: prompt file metadata lacks {key!r}")
+            return None
+        try:
+            return json.loads(meta[key])
+        except ValueError:
+            raise ValueError(f"{path}: prompt file metadata {key!r} is not valid JSON ({meta[key][:60]!r})") from None
+
+    kind = meta.get("kind")
+    text_dim = meta_json("text_dim", required=False)
+    if text_dim is not None and (not isinstance(text_dim, int) or text_dim < 1):
+        raise ValueError(f"{path}: prompt file metadata text_dim must be a positive integer, got {text_dim!r}")
+    if kind in PROMPT_KINDS:
+        if "embeddings" not in shapes:
+            raise ValueError(f"{path}: {kind} prompt file has no tensor 'embeddings' (tensors: {sorted(shapes)})")
+        shape = shapes["embeddings"]
+        if len(shape) != 3 or not 1 <= shape[1] <= N_PROMPT_TOKENS:  # the width is checked against the model
+            raise ValueError(f"{path}: tensor 'embeddings' has shape {shape}, expected (rows, 1..{N_PROMPT_TOKENS}, "
+                             f"text width)")
+        categories = meta_json("categories")
+        if kind == "single" and shape[0] != 1:
+            raise ValueError(f"{path}: single prompt must have one row, tensor 'embeddings' has shape {shape}")
+        if kind == "class":
+            if (not isinstance(categories, list) or not all(isinstance(c, str) for c in categories)
+                    or len(categories) != shape[0]):
+                raise ValueError(f"{path}: class prompt metadata 'categories' must list one name per row of "
+                                 f"'embeddings' ({shape[0]}), got {str(categories)[:80]}")
+    elif kind == "cpm":
+        from .cpm import CPM_KEYS
+
+        missing = [k for k in CPM_KEYS if k not in shapes]
+        if missing:
+            raise ValueError(f"{path}: CPM prompt file lacks tensor(s) {missing} (tensors: {sorted(shapes)})")
+        for key in ("n_global", "n_cond", "dino_dim"):
+            value = meta_json(key)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{path}: CPM prompt file metadata {key!r} must be an integer, got {value!r}")
+    else:
+        raise ValueError(f"{path}: unknown prompt kind {kind!r} in the metadata (expected single, class or cpm)")
+    return meta

@@ -113,15 +113,16 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in printable] + [chr(256 + i) for i in range(len(extra))]
 
 
-def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def tiny_vocab_and_merges(words=TINY_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A CLIP-style BPE vocabulary: each byte symbol, each with the ``</w>`` end-of-word mark, left-to-right
-    merges for :data:`TINY_WORDS`, then ``<|startoftext|>`` and ``<|endoftext|>`` last (as in CLIP)."""
+    merges for ``words`` (strings of space-separated words), then ``<|startoftext|>`` and ``<|endoftext|>`` last
+    (as in CLIP)."""
     symbols = _bytes_to_unicode()
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
         vocab.setdefault(s, len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in " ".join(TINY_WORDS).split():
+    for word in dict.fromkeys(" ".join(words).split()):
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:
             pair = (pieces[0], pieces[1])
@@ -134,11 +135,11 @@ def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer(words=TINY_WORDS):
     """A real ``CLIPTokenizer`` over the in-memory vocabulary; pads with ``"!"`` to 77 like SD 2-1's."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = tiny_vocab_and_merges()
+    vocab, merges = tiny_vocab_and_merges(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=77)
 
 
@@ -172,12 +173,14 @@ def build_sd21_random_components(seed: int = 0) -> dict:
     return build_components(SD21_UNET_CONFIG, SD21_VAE_CONFIG, SD21_TEXT_CONFIG, seed)
 
 
-def build_components(unet_config: dict, vae_config: dict, text_config: dict, seed: int = 0) -> dict:
-    """Random-weight components from configs, deterministic from ``seed`` (global RNG untouched)."""
+def build_components(unet_config: dict, vae_config: dict, text_config: dict, seed: int = 0,
+                     words=TINY_WORDS) -> dict:
+    """Random-weight components from configs, deterministic from ``seed`` (global RNG untouched); the tokenizer
+    has whole-word tokens for ``words``."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(words)
     vocab = tokenizer.get_vocab()
     text_config = CLIPTextConfig(
         vocab_size=len(vocab),

@@ -1,7 +1,9 @@
 """Learning a prompt (SPEC §3–§5): Single, Class or CPM, with the UNet, VAE, text encoder (and DINOv2) frozen.
 
 Each optimiser step takes a *global batch* of ``batch_size × processes × grad_accum`` pairs in a seeded order,
-noises each image's latent once at t = 261, reads ``up_blocks[1]`` with the prompt as conditioning, and
+noises each image's latent once at the training timestep (SD 2-1: t = 261), reads one up-block (SD 2-1:
+``up_blocks[1]``; ``layer`` and the timesteps default to the model's recommended read-out) with the prompt as
+conditioning, and
 minimises the Gaussian-window cross-entropy. Gradients reach only the prompt. Under ``accelerate launch`` every
 process takes its share of the global batch and the prompt's gradient is averaged across processes before the
 step (the original code never synchronised its replicas), so N processes give the same prompt as one process
@@ -20,19 +22,28 @@ import io
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .cache import atomic_save_tensors, atomic_write_json, atomic_write_text
+from .cache import atomic_save_tensors, atomic_write_json, atomic_write_text, locked_folder
+from .checks import check_device, check_img_size, check_limit, check_positive, check_writable_folder
 from .features import FeatureExtractor, add_noise, image_key, unet_readout
 from .loss import batch_loss
 from .prompts import LearnedPrompt
 
 PROMPT_TYPES = ("single", "class", "cpm")
 LOG_COLUMNS = ["kind", "step", "epoch", "loss", "val_pck", "lr", "pairs_seen", "seconds"]
+#: The files of a training run in its folder (a started or finished run holds some of them).
+RUN_FILES = ("checkpoint.safetensors", "prompt_best.safetensors", "prompt_last.safetensors", "log.csv",
+             "summary.json", "settings.json")
+
+
+class RunExistsError(ValueError):
+    """The output folder already holds a training run and neither resuming nor overwriting was asked for."""
 
 
 @dataclass
@@ -48,8 +59,9 @@ class TrainSettings:
     batch_size: int = 3
     grad_accum: int = 1
     lr: float = 1e-2
-    timestep: int = 261
-    val_timestep: int = 50
+    layer: int | None = None  # up-block read out; None: the model's recommended (SD 2-1: 1)
+    timestep: int | None = None  # training timestep; None: the model's recommended (SD 2-1: 261)
+    val_timestep: int | None = None  # validation timestep; None: the model's recommended test one (SD 2-1: 50)
     precision: str = "fp32"
     device: str = "cpu"
     seed: int = 0
@@ -77,7 +89,7 @@ class TrainSettings:
         if self.dino is None:
             from .dino import DEFAULT_DINO_ID
 
-            self.dino = "tiny" if self.model == "tiny" else DEFAULT_DINO_ID
+            self.dino = self.model if self.model in ("tiny", "mini") else DEFAULT_DINO_ID
 
     def check(self) -> None:
         if self.prompt_type not in PROMPT_TYPES:
@@ -85,8 +97,13 @@ class TrainSettings:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("give epochs or max_steps")
         for name in ("batch_size", "grad_accum", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+            check_positive(name, getattr(self, name))
+        check_positive("epochs", self.epochs, allow_none=True)
+        check_positive("max_steps", self.max_steps, allow_none=True)
+        check_img_size(self.img_size)
+        check_limit("train_limit", self.train_limit)
+        check_limit("val_limit", self.val_limit)
+        check_device(self.device)
 
 
 def _process_state(device: str):
@@ -123,6 +140,32 @@ def _pair_noise(seed: int, step: int, slot: int, shape) -> torch.Tensor:
     digest = hashlib.sha256(f"train-noise:{seed}:{step}:{slot}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     return torch.randn((2, *shape), generator=g)
+
+
+@contextmanager
+def gradient_checkpointing(unet, enabled: bool = True):
+    """Recompute the UNet's block activations in the backward pass instead of storing them (less memory, more time)
+    for the duration of the ``with`` block; the UNet is left as it was afterwards.
+
+    diffusers checkpoints a block when gradients are enabled and its ``gradient_checkpointing`` flag is set (some
+    versions also require the block's ``training`` flag): the flags are set on exactly those blocks, so the frozen
+    UNet's other modules (dropout) stay in eval mode and the numbers do not change."""
+    if not enabled:
+        yield
+        return
+    blocks = [m for m in unet.modules() if hasattr(m, "gradient_checkpointing")]
+    before = [(m, m.gradient_checkpointing, getattr(m, "_gradient_checkpointing_func", None), m.training)
+              for m in blocks]
+    unet.enable_gradient_checkpointing()
+    for m in blocks:
+        m.training = True  # only the flag of the block itself, not its children
+    try:
+        yield
+    finally:
+        for m, flag, func, training in before:
+            m.gradient_checkpointing, m.training = flag, training
+            if func is not None:
+                m._gradient_checkpointing_func = func
 
 
 def make_prompt(settings: TrainSettings, sd, categories: list[str]):
@@ -162,21 +205,43 @@ class Trainer:
         from .data import load_dataset
         from .models import load_sd
 
+        from .checks import check_has_pairs
+        from .data import DEFAULT_IMG_SIZE
+
         settings.check()
         self.s, self.out = settings, Path(out_dir)
         self.rank, self.world, self.device = _process_state(settings.device)
+        # the splits' indexes first: an empty split (or limit 0) fails here, before the model loads
+        size0 = settings.img_size or DEFAULT_IMG_SIZE
+        train_set = load_dataset(settings.dataset, settings.data_root, settings.train_split, size0)
+        val_set = load_dataset(settings.dataset, settings.data_root, settings.val_split, size0)
+        n = check_has_pairs(train_set, settings.train_limit, "training pairs")
+        check_has_pairs(val_set, settings.val_limit, "validation pairs")
+        global_batch = settings.batch_size * self.world * settings.grad_accum
+        if n // global_batch == 0:
+            raise ValueError(f"{n} training pairs cannot fill one global batch of {global_batch} "
+                             f"(batch_size × processes × grad_accum)")
+        from .evaluate import apply_recommended
+
         self.sd = sd if sd is not None else load_sd(settings.model, self.device, settings.precision)
+        settings = self.s = apply_recommended(settings, self.sd.recommended, timestep_key="train_timestep")
+        if settings.layer not in range(len(self.sd.unet.up_blocks)):
+            raise ValueError(f"layer must be an up-block index 0-{len(self.sd.unet.up_blocks) - 1}, "
+                             f"got {settings.layer}")
         self.img_size = settings.img_size or self.sd.native_img_size
-        self.train_set = load_dataset(settings.dataset, settings.data_root, settings.train_split, self.img_size)
-        self.val_set = load_dataset(settings.dataset, settings.data_root, settings.val_split, self.img_size)
+        if self.img_size != size0:
+            train_set = load_dataset(settings.dataset, settings.data_root, settings.train_split, self.img_size)
+            val_set = load_dataset(settings.dataset, settings.data_root, settings.val_split, self.img_size)
+        self.train_set, self.val_set = train_set, val_set
         self.progress = progress and self.rank == 0
         self.prompt = make_prompt(settings, self.sd, self.train_set.categories).to(self.device)
         self.optimizer = torch.optim.Adam(self.prompt.param_groups(settings.lr))
         use_scaler = settings.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.latents = FeatureExtractor(self.sd, layers=(1,), timestep=settings.timestep, ensemble=1,
+        self.latents = FeatureExtractor(self.sd, layers=(settings.layer,), timestep=settings.timestep, ensemble=1,
                                         latent=settings.latent, img_size=self.img_size, seed=settings.seed)
-        self.val_extractor = FeatureExtractor(self.sd, layers=(1,), timestep=settings.val_timestep, ensemble=1,
+        self.val_extractor = FeatureExtractor(self.sd, layers=(settings.layer,), timestep=settings.val_timestep,
+                                              ensemble=1,
                                               latent=settings.latent, img_size=self.img_size, seed=settings.seed)
         n = len(self.train_set) if settings.train_limit is None else min(settings.train_limit, len(self.train_set))
         self.n_pairs = n
@@ -268,7 +333,7 @@ class Trainer:
         z_t = add_noise(z0, noise.to(z0.device), self.s.timestep, self.sd.alphas_cumprod.to(z0.device))
         cond = self.prompt.condition(self.sd, samples)  # (B, 77, D)
         cond = cond.repeat_interleave(2, dim=0)  # both images of a pair share the pair's prompt
-        feats = unet_readout(self.sd.unet, z_t.to(self.sd.dtype), self.s.timestep, cond, (1,))[1]
+        feats = unet_readout(self.sd.unet, z_t.to(self.sd.dtype), self.s.timestep, cond, (self.s.layer,))[self.s.layer]
         f = feats.unflatten(0, (len(samples), 2))
         kps = lambda attr: [torch.as_tensor(getattr(s, attr), dtype=torch.float32, device=z0.device) for s in samples]  # noqa: E731
         return batch_loss(f[:, 0], f[:, 1], kps("src_kps_r"), kps("trg_kps_r"), self.img_size)
@@ -277,10 +342,11 @@ class Trainer:
         """One optimiser step over the global batch; returns the mean loss over processes and micro-batches."""
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for k in range(self.s.grad_accum):
-            loss = self.micro_loss(k) / self.s.grad_accum
-            self.scaler.scale(loss).backward()
-            total += loss.detach()
+        with gradient_checkpointing(self.sd.unet, self.s.gradient_checkpointing):
+            for k in range(self.s.grad_accum):
+                loss = self.micro_loss(k) / self.s.grad_accum
+                self.scaler.scale(loss).backward()
+                total += loss.detach()
         for p in self.prompt.parameters():
             if p.grad is not None:
                 _all_reduce_mean(p.grad, self.world)
@@ -354,6 +420,38 @@ class Trainer:
         return s
 
 
-def train(settings: TrainSettings, out_dir, resume: bool = False, sd=None, progress: bool = True) -> dict:
-    """Train a Single, Class or CPM prompt; see :class:`Trainer` for the files written."""
-    return Trainer(settings, out_dir, sd=sd, progress=progress).fit(resume=resume)
+def existing_run_files(out_dir) -> list[str]:
+    """The files of a training run (:data:`RUN_FILES`) present in ``out_dir``."""
+    out = Path(out_dir)
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def train(settings: TrainSettings, out_dir, resume: bool = False, sd=None, progress: bool = True,
+          overwrite: bool = True) -> dict:
+    """Train a Single, Class or CPM prompt; see :class:`Trainer` for the files written.
+
+    The folder is locked for the duration of the run (a second run on it fails at once with
+    :class:`~sd4match_utils.cache.FolderLockedError`). Without ``resume``, a folder that already holds a run is
+    refused with :class:`RunExistsError` unless ``overwrite`` (the command line passes ``--overwrite``, default
+    off); when overwriting, the old run's files are removed before anything else so that old and new never mix."""
+    import os
+
+    settings.check()
+    out = Path(out_dir)
+    check_writable_folder(out)
+    found = existing_run_files(out)
+    if found and not resume and not overwrite:
+        raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}): pass --resume to continue "
+                             f"it or --overwrite to replace it")
+    rank = int(os.environ.get("RANK", "0"))
+    lock = locked_folder(out, "train") if rank == 0 else _no_lock()
+    with lock:
+        if found and not resume and rank == 0:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        return Trainer(settings, out_dir, sd=sd, progress=progress).fit(resume=resume)
+
+
+@contextmanager
+def _no_lock():
+    yield

@@ -1,4 +1,5 @@
-"""Test-wide settings: offline Hugging Face hub, a throw-away HF cache, headless plotting, quiet progress bars.
+"""Test-wide settings: offline Hugging Face hub, throw-away HF and sd4match caches, headless plotting, quiet
+progress bars.
 
 The environment variables are set before anything imports ``huggingface_hub`` (it reads them at import time).
 """
@@ -8,6 +9,7 @@ import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sd4match-hf-")
+os.environ["SD4MATCH_CACHE"] = tempfile.mkdtemp(prefix="sd4match-cache-")  # weight-hash memo, not ~/.cache
 os.environ.setdefault("MPLBACKEND", "agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

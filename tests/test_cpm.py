@@ -304,9 +304,9 @@ def test_evaluate_cli_with_a_cpm_prompt_file(tiny_sd, dino, synthetic_roots, tmp
     ds = load_dataset("pfpascal", synthetic_roots["pfpascal"], "test", IMG)
     e = ds.entries[0]
     assert main(["extract", "--images", str(e.src_path), str(e.trg_path), "--prompt", str(path), "--layers", "1",
-                 "--ensemble", "1", "--img-size", str(IMG), "--out", str(tmp_path / "f.safetensors")]) == 0
+                 "--model", "tiny", "--ensemble", "1", "--img-size", str(IMG), "--out", str(tmp_path / "f.safetensors")]) == 0
     assert main(["extract", "--images", str(e.src_path), "--prompt", str(path), "--layers", "1",
-                 "--ensemble", "1", "--img-size", str(IMG), "--out", str(tmp_path / "g.safetensors")]) == 2
+                 "--model", "tiny", "--ensemble", "1", "--img-size", str(IMG), "--out", str(tmp_path / "g.safetensors")]) == 2
 
 
 # ------------------------------------------------------------------------------ cross-dataset: PF-Pascal → PF-Willow

@@ -200,6 +200,25 @@ def test_spair_bad_box(spair_root: Path):
         load_dataset("spair", spair_root, "test")[0]
 
 
+@pytest.mark.parametrize("box", [[30, 15, 30, 15], [150, 90, 30, 15], [30, 15, 150, 15], [150, 15, 30, 90]])
+def test_spair_empty_or_inverted_target_box_is_an_error(spair_root: Path, box):
+    # zero-size, inverted, zero-height, x-inverted: max(w, h) <= 0 or a box that is no box; today thr <= 0 would
+    # silently count every keypoint of the pair as wrong
+    write_json(spair_root / "PairAnnotation" / "test" / f"{LINE_A}.json", spair_pair(trg_bndbox=box))
+    with raises_naming(f"{LINE_A}.json") as err:
+        load_dataset("spair", spair_root, "test")[0]
+    assert "trg_bndbox" in str(err.value) and str([float(v) for v in box]) in str(err.value)
+
+
+def test_spair_pair_without_keypoints_carries_a_skip_reason(spair_root: Path):
+    write_json(spair_root / "PairAnnotation" / "test" / f"{LINE_A}.json", spair_pair(src_kps=[], trg_kps=[]))
+    ds = load_dataset("spair", spair_root, "test")
+    s = ds[0]
+    assert s.n_kps == 0 and f"{LINE_A}.json" in s.skip_reason
+    assert ds[1].skip_reason is None
+    assert ds.split_file == spair_root / "Layout" / "large" / "test.txt"
+
+
 def test_spair_missing_image(spair_root: Path):
     (spair_root / "JPEGImages" / "cat" / "2008_000002.jpg").unlink()
     with raises_naming("2008_000002.jpg"):
@@ -260,6 +279,13 @@ def test_pfpascal_nan_filtering_and_thresholds(pascal_root: Path):
     s1 = ds[1]
     assert s1.thr_orig == 120.0 and s1.n_kps == 2
     assert load_dataset("pfpascal", pascal_root, "test", img_size=384)[0].thr == 384.0
+
+
+def test_pfpascal_all_nan_pair_carries_a_skip_reason(pascal_root: Path):
+    data = pascal_root / "PF-dataset-PASCAL"
+    save_mat(data / "Annotations" / "cat" / "2009_000002.mat", kps=np.full((4, 2), NAN), bbox=np.array([10, 8, 90, 55.]))
+    s = load_dataset("pfpascal", pascal_root, "test")[0]
+    assert s.n_kps == 0 and "2009_000002.mat" in s.skip_reason and "2009_000001.mat" in s.skip_reason
 
 
 def test_pfpascal_flip(pascal_root: Path):
@@ -441,6 +467,20 @@ def test_pfwillow_keypoint_outside_image(willow_root: Path):
     with raises_naming("test_pairs.csv") as err:
         load_dataset("pfwillow", willow_root, "test")[0]
     assert "car_002.png" in str(err.value)
+
+
+def test_pfwillow_identical_target_keypoints_are_an_error(willow_root: Path):
+    # all 10 target keypoints on one point: the threshold box is empty, thr = 0 would make the pair 0 %
+    write_csv(willow_root / "test_pairs.csv",
+              [HEADER, ["PF-dataset/car(G)/car_001.png", "PF-dataset/car(G)/car_002.png"] + XA + YA + [40] * 10
+               + [30] * 10])
+    with raises_naming("test_pairs.csv") as err:
+        load_dataset("pfwillow", willow_root, "test")
+    assert "line 2" in str(err.value) and "[40.0, 30.0, 40.0, 30.0]" in str(err.value)
+    # on one line (but not one point) is a valid box: threshold max(w, h) = 90 px
+    write_csv(willow_root / "test_pairs.csv",
+              [HEADER, ["PF-dataset/car(G)/car_001.png", "PF-dataset/car(G)/car_002.png"] + XA + YA + XB + [30] * 10])
+    assert load_dataset("pfwillow", willow_root, "test")[0].thr_orig == pytest.approx(90.0)
 
 
 def test_pfwillow_missing_and_unreadable_image(willow_root: Path):

@@ -70,7 +70,8 @@ def test_predictions_original_space_is_consistent(synthetic_roots, tmp_path):
 
     out = tmp_path / "run"
     assert main(["evaluate", "--dataset", "spair", "--data-root", str(synthetic_roots["spair"]), "--split", "val",
-                 "--ensemble", "1", "--matcher", "nn", "--limit", "2", "--prompt", "empty", "--out", str(out),
+                 "--model", "tiny", "--ensemble", "1", "--matcher", "nn", "--limit", "2", "--prompt", "empty",
+                 "--out", str(out),
                  "--quiet"]) == 0
     df = pd.read_csv(out / "predictions.csv")
     ds = load_dataset("spair", synthetic_roots["spair"], "val", img_size=384)
@@ -136,23 +137,23 @@ def test_evaluate_and_extract_with_a_learned_prompt(tiny_sd, synthetic_roots, tm
     path = LearnedPrompt.initialise(tiny_sd, "class", cats, seed=2).save(tmp_path / "class.safetensors", tiny_sd)
     out = tmp_path / "run"
     assert main(["evaluate", "--dataset", "spair", "--data-root", str(synthetic_roots["spair"]), "--prompt", str(path),
-                 "--ensemble", "1", "--matcher", "nn", "--limit", "2", "--img-size", "256", "--out", str(out),
+                 "--model", "tiny", "--ensemble", "1", "--matcher", "nn", "--limit", "2", "--img-size", "256", "--out", str(out),
                  "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["conditioning"]["prompt"] == "class" and metrics["conditioning"]["file"] == str(path)
     img = next((synthetic_roots["spair"] / "JPEGImages").rglob("*.jpg"))
     feats = tmp_path / "f.safetensors"
     assert main(["extract", "--images", str(img), "--prompt", str(path), "--category", cats[0], "--layers", "1",
-                 "--ensemble", "1", "--img-size", "256", "--out", str(feats)]) == 0
+                 "--model", "tiny", "--ensemble", "1", "--img-size", "256", "--out", str(feats)]) == 0
     with safe_open(str(feats), "pt") as f:
         assert f.metadata()["prompt_text"] == f"learned:{path}"
         assert tuple(f.get_tensor(f"{img.stem}/up1").shape) == (128, 16, 16)
     # a category the Class prompt does not know, and a prompt for another model: clear errors
     capsys.readouterr()
     assert main(["extract", "--images", str(img), "--prompt", str(path), "--category", "zebra", "--layers", "1",
-                 "--ensemble", "1", "--out", str(feats)]) == 2
+                 "--model", "tiny", "--ensemble", "1", "--out", str(feats)]) == 2
     assert "zebra" in capsys.readouterr().err
     wide = LearnedPrompt("single", __import__("torch").zeros(1, 75, 1024)).save(tmp_path / "w.safetensors", tiny_sd)
     assert main(["evaluate", "--dataset", "spair", "--data-root", str(synthetic_roots["spair"]), "--prompt", str(wide),
-                 "--out", str(tmp_path / "x")]) == 2
+                 "--model", "tiny", "--out", str(tmp_path / "x")]) == 2
     assert "(1, 75, 1024)" in capsys.readouterr().err

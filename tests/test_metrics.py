@@ -255,3 +255,12 @@ def test_bootstrap_validation():
         bootstrap_ci(df, matcher="nn", averaging="mean")
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci(df, matcher="nn", level=1.0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0, float("nan")])
+def test_non_positive_threshold_is_an_error_not_zero_percent(bad):
+    df = pd.DataFrame(_rows("a", "cat", [1.0]) + _rows("b", "cat", [1.0, 2.0], thr=bad))
+    with pytest.raises(ValueError, match="pair 'b'"):
+        pck_records(df, img_size=768)
+    with pytest.raises(ValueError, match="degenerate"):
+        bootstrap_ci(df, img_size=768)

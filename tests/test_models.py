@@ -67,7 +67,7 @@ def test_save_pretrained_and_load_folder_offline(tiny_sd, tmp_path):
         assert (folder / sub).is_dir()
     sd = load_sd(str(folder))
     assert sd.identity["source"] == "folder"
-    assert sd.identity["fingerprint_of"] == "config files and weight-file sizes"
+    assert sd.identity["fingerprint_of"] == "config files and weight-file contents (sha256)"
     for name in ("unet", "vae", "text_encoder"):
         a, b = getattr(tiny_sd, name).state_dict(), getattr(sd, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

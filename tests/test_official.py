@@ -168,3 +168,78 @@ def test_pickled_objects_are_refused_weights_only(tiny_sd, tmp_path, monkeypatch
         load_official(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError):
         load_official(tmp_path / "missing.pt")
+
+
+def _no_model_loading(monkeypatch):
+    """Make any attempt to load Stable Diffusion fail loudly (importing must not need the 5 GB model)."""
+    import sd4match_utils.models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"load_sd{args} was called")
+
+    monkeypatch.setattr(models, "load_sd", refuse)
+
+
+def test_caption_import_without_model(tiny_sd, tmp_path, monkeypatch, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    from sd4match_utils.official import UNKNOWN_MODEL
+
+    bos, eos, _ = frame_rows(tiny_sd, 75)
+    g = torch.Generator().manual_seed(1)
+    per_class = {c: torch.cat([bos, torch.randn(75, tiny_sd.text_dim, generator=g), eos])[None]
+                 for c in ("car", "bottle")}
+    torch.save(per_class, tmp_path / "caption.pt")
+    _no_model_loading(monkeypatch)
+    assert main(["import-official", "--kind", "caption", "--file", str(tmp_path / "caption.pt"),
+                 "--out", str(tmp_path / "c")]) == 0
+    assert "not checked" in capsys.readouterr().out
+    path = tmp_path / "c" / "prompt.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["kind"] == "class" and int(meta["text_dim"]) == tiny_sd.text_dim  # the width read from the file
+    assert json.loads(meta["model"]) == {"model": UNKNOWN_MODEL} and "model_probe" not in meta
+    assert len(meta["official_sha256"]) == 64 and json.loads(meta["categories"]) == ["bottle", "car"]
+    # the right width loads (warning that the model could not be checked) and gives the official conditioning
+    with pytest.warns(UserWarning, match="could not be checked"):
+        p = load_prompt(path, tiny_sd)
+    with torch.no_grad():
+        torch.testing.assert_close(p(tiny_sd, ["car"]), encode_embeddings(tiny_sd.text_encoder, per_class["car"]),
+                                   rtol=0, atol=0)
+
+
+def test_caption_import_without_model_keeps_the_file_width(tiny_sd, tmp_path, monkeypatch):
+    import json
+
+    from safetensors import safe_open
+
+    _no_model_loading(monkeypatch)
+    torch.save({"dataset": torch.randn(1, 77, 1024)}, tmp_path / "sd21.pt")  # SD 2-1's width, no SD 2-1 needed
+    assert main(["import-official", "--kind", "caption", "--file", str(tmp_path / "sd21.pt"),
+                 "--out", str(tmp_path / "w")]) == 0
+    path = tmp_path / "w" / "prompt.safetensors"
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()["text_dim"]) == 1024 and tuple(f.get_tensor("embeddings").shape) == (1, 75, 1024)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"\(1, 75, 1024\).*64-d"):
+        load_prompt(path, tiny_sd)  # a wrong width still fails
+    torch.save({"car": torch.randn(1, 77, 32), "bus": torch.randn(1, 77, 48)}, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match=r"mixed.pt.*wrong shape"):
+        import_official("caption", tmp_path / "mixed.pt", tmp_path / "m")
+    torch.save({"dataset": torch.randn(1, 76, 32)}, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match=r"short.pt.*expected \(1, 77, 32\), found \(1, 76, 32\)"):
+        import_official("caption", tmp_path / "short.pt", tmp_path / "m")
+
+
+def test_cpm_import_without_model(tiny_sd, dino, tmp_path, monkeypatch):
+    state = _official_state(tiny_sd.text_dim, dino.dim, g=5, n=20)
+    torch.save(state, tmp_path / "ckpt.pt")
+    _no_model_loading(monkeypatch)
+    assert main(["import-official", "--kind", "cpm", "--file", str(tmp_path / "ckpt.pt"), "--out",
+                 str(tmp_path / "imp"), "--dino", "tiny"]) == 0
+    with pytest.warns(UserWarning, match="could not be checked"):
+        prompt = load_prompt(tmp_path / "imp" / "prompt.safetensors", tiny_sd)
+    assert isinstance(prompt, ConditionalPrompt) and (prompt.n_global, prompt.n_cond) == (5, 20)
+    for k in CPM_KEYS:
+        assert torch.equal(prompt.state_dict()[k], state[k]), k

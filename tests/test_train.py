@@ -39,6 +39,41 @@ def test_only_the_prompt_gets_gradients(tiny_sd, synthetic_roots, tmp_path):
     assert t.prompt.embeddings.shape == (len(t.train_set.categories), 75, tiny_sd.text_dim)
 
 
+def test_gradient_checkpointing_is_active_in_the_training_step(tiny_sd, synthetic_roots, tmp_path, monkeypatch):
+    """--gradient-checkpointing really checkpoints the UNet's blocks during the step (the frozen UNet is in eval
+    mode and diffusers only checkpoints under grad mode with the flag set), gives the same step, and leaves the
+    shared model as it was."""
+    import torch.utils.checkpoint as tuc
+
+    real = tuc.checkpoint
+    calls = {"n": 0, "grad": []}
+
+    def counting(fn, *args, **kwargs):
+        calls["n"] += 1
+        calls["grad"].append(torch.is_grad_enabled())
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(tuc, "checkpoint", counting)
+    root = synthetic_roots["spair"]
+    plain = Trainer(_settings(root, prompt_type="class"), tmp_path / "a", sd=tiny_sd, progress=False)
+    loss_plain = plain.train_step()
+    assert calls["n"] == 0, "no checkpointing unless asked for"
+    ckpt = Trainer(_settings(root, prompt_type="class", gradient_checkpointing=True), tmp_path / "b", sd=tiny_sd,
+                   progress=False)
+    loss_ckpt = ckpt.train_step()
+    assert calls["n"] > 0 and all(calls["grad"]), "the UNet's blocks are checkpointed during the step"
+    # the same step: recomputing activations changes memory, not the numbers
+    assert loss_ckpt == pytest.approx(loss_plain, rel=1e-6)
+    torch.testing.assert_close(ckpt.prompt.embeddings, plain.prompt.embeddings, rtol=1e-5, atol=1e-7)
+    # the shared, frozen model is left as it was: no flag set, every module in eval mode
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in tiny_sd.unet.modules())
+    assert not any(m.training for m in tiny_sd.unet.modules())
+    n = calls["n"]
+    with torch.no_grad():
+        ckpt.run_validation()
+    assert calls["n"] == n, "validation (no gradients) does not checkpoint"
+
+
 def test_epoch_order_is_a_seeded_permutation():
     a, b = epoch_order(10, 0, 0), epoch_order(10, 0, 1)
     assert sorted(a.tolist()) == list(range(10)) and not torch.equal(a, b)

@@ -70,6 +70,8 @@ class PairSample:
         kp_names: optional names of the keypoints (synthetic and custom data), length N.
         flags: extra per-pair annotations (SPair difficulty flags: viewpoint_variation, scale_variation,
             truncation, occlusion).
+        skip_reason: why a pair without any usable keypoint (``n_kps == 0``) cannot be evaluated, naming its
+            annotation file; the evaluation records such pairs in ``metrics.json`` (``skipped``).
     """
 
     pair_id: str
@@ -92,6 +94,7 @@ class PairSample:
     img_size: int = DEFAULT_IMG_SIZE
     kp_names: list[str] | None = None
     flags: dict = field(default_factory=dict)
+    skip_reason: str | None = None
 
     @property
     def n_kps(self) -> int:

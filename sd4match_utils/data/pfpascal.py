@@ -152,5 +152,8 @@ class PFPascalDataset(PairDataset):
             src_kps, trg_kps = mirror_points(src_kps, src_w), mirror_points(trg_kps, trg_w)
             src_bbox = None if src_bbox is None else mirror_box(src_bbox, src_w)
             trg_bbox = None if trg_bbox is None else mirror_box(trg_bbox, trg_w)
+        skip = None if len(src_kps) else (f"no keypoint visible in both {entry.src_ann} and {entry.trg_ann} "
+                                          f"(all NaN)")
         return self._sample(entry, src_image, trg_image, src_kps, trg_kps, src_bbox, trg_bbox,
-                            thr=float(self.img_size), thr_orig=float(max(trg_image.size)), flip=entry.flip)
+                            thr=float(self.img_size), thr_orig=float(max(trg_image.size)), flip=entry.flip,
+                            skip_reason=skip)

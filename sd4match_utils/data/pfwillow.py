@@ -7,7 +7,8 @@ Layout under the root::
 
 Only the ``test`` split exists. Every keypoint is visible in both images. The format has no boxes, so the tight box
 around the keypoints stands in for them; the PCK threshold is ``max(w, h)`` of that box around the *target*
-keypoints after resizing (SPEC §7).
+keypoints after resizing (SPEC §7); a line whose target keypoints all lie on one point (an empty box, threshold 0)
+raises :class:`DatasetFormatError` naming the file, the line and the box.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class PFWillowDataset(PairDataset):
             if not np.isfinite(coords).all():
                 raise DatasetFormatError(self.csv_path, f"line {lineno}: coordinates must be finite")
             xa, ya, xb, yb = coords.reshape(4, N_KPS)
+            trg_box = keypoint_box(np.stack([xb, yb], axis=1))
+            if box_threshold(trg_box) <= 0:
+                raise DatasetFormatError(self.csv_path, f"line {lineno}: the target keypoints are all at one point, "
+                                                        f"their box {trg_box.tolist()} is empty: the PCK threshold "
+                                                        f"max(w, h) would be 0")
             src_path, category = self._resolve(record[0], lineno)
             trg_path, trg_category = self._resolve(record[1], lineno)
             if trg_category != category:

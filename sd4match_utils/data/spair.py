@@ -7,7 +7,9 @@ Layout under the ``SPair-71k`` root::
                                            trg_bndbox ([x1, y1, x2, y2]), category, difficulty flags, ...
     JPEGImages/<category>/<name>.jpg
 
-PCK threshold: ``max(w, h)`` of the target box (SPEC §7). Any number of keypoints is accepted.
+PCK threshold: ``max(w, h)`` of the target box (SPEC §7); an empty or inverted target box (``x2 <= x1`` or
+``y2 <= y1``) raises :class:`DatasetFormatError` naming the file and the box. Any number of keypoints is accepted;
+a pair with none gets a ``skip_reason`` (the evaluation records it as skipped).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class SPairDataset(PairDataset):
         layout = self.root / "Layout" / "large" / f"{split}.txt"
         if not layout.is_file():
             raise DatasetFormatError(layout, f"split file for split {split!r} not found")
+        self.split_file = layout
         categories = set()
         for lineno, raw in enumerate(layout.read_text(encoding="utf-8").splitlines(), start=1):
             line = raw.strip()
@@ -97,6 +100,9 @@ class SPairDataset(PairDataset):
             raise DatasetFormatError(path, "keypoints must be finite numbers")
         src_bbox = as_box(ann["src_bndbox"], path, "src_bndbox")
         trg_bbox = as_box(ann["trg_bndbox"], path, "trg_bndbox")
+        if not (trg_bbox[2] > trg_bbox[0] and trg_bbox[3] > trg_bbox[1]):
+            raise DatasetFormatError(path, f"trg_bndbox {trg_bbox.tolist()} is empty or inverted (need x2 > x1 and "
+                                           f"y2 > y1): its PCK threshold max(w, h) would be {box_threshold(trg_bbox):g}")
         kp_names = ann.get("kp_names")
         if kp_names is not None and len(kp_names) != len(src_kps):
             raise DatasetFormatError(path, f"{len(kp_names)} kp_names for {len(src_kps)} keypoints")
@@ -108,4 +114,5 @@ class SPairDataset(PairDataset):
             entry, src_image, trg_image, src_kps, trg_kps, src_bbox, trg_bbox,
             thr=box_threshold(scale_box(trg_bbox, trg_image.size, self.img_size)), thr_orig=box_threshold(trg_bbox),
             kp_names=None if kp_names is None else [str(n) for n in kp_names],
-            flags={k: ann[k] for k in FLAG_KEYS if k in ann})
+            flags={k: ann[k] for k in FLAG_KEYS if k in ann},
+            skip_reason=None if len(src_kps) else f"no keypoints in {path}")

@@ -32,8 +32,9 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 1
-SYNTHETIC_CATEGORIES: tuple[str, ...] = ("bottle", "car", "motorbike", "tvmonitor")
+GENERATOR_VERSION = 2
+SYNTHETIC_CATEGORIES: tuple[str, ...] = ("aeroplane", "boat", "bottle", "car", "chair", "motorbike", "pottedplant",
+                                         "tvmonitor")
 #: Keypoint names per category, in annotation order (index ``k`` of ``kps`` is ``KEYPOINT_NAMES[cat][k]``).
 KEYPOINT_NAMES: dict[str, list[str]] = {
     "bottle": ["cap_top", "cap_left", "cap_right", "neck_left", "neck_right", "shoulder_left", "shoulder_right",
@@ -42,6 +43,14 @@ KEYPOINT_NAMES: dict[str, list[str]] = {
             "roof_front", "roof_rear", "rear_window_bottom", "trunk_rear", "headlight", "taillight"],
     "motorbike": ["front_wheel", "rear_wheel", "front_wheel_top", "rear_wheel_top", "fork_top", "handlebar_end",
                   "headlight", "seat_front", "seat_rear", "engine", "exhaust_tip"],
+    "aeroplane": ["nose", "tail_end", "fin_top", "fin_base_front", "wing_root_front", "wing_root_rear", "wing_tip",
+                  "cockpit", "engine", "stabilizer_tip", "belly"],
+    "boat": ["bow_top", "stern_top", "bow_bottom", "stern_bottom", "mast_top", "mast_base", "sail_corner",
+             "cabin_top_front", "cabin_top_rear", "window"],
+    "chair": ["back_top_rear", "back_top_front", "seat_front", "seat_rear", "front_leg_bottom", "rear_leg_bottom",
+              "far_front_leg_bottom", "far_rear_leg_bottom", "seat_centre", "back_centre"],
+    "pottedplant": ["rim_left", "rim_right", "base_left", "base_right", "stem_base", "top_leaf_tip",
+                    "left_leaf_tip", "right_leaf_tip", "flower", "pot_centre"],
     "tvmonitor": ["frame_top_left", "frame_top_right", "frame_bottom_right", "frame_bottom_left",
                   "screen_top_left", "screen_top_right", "screen_bottom_right", "screen_bottom_left",
                   "stand_top", "stand_bottom", "base_left", "base_right"],
@@ -55,7 +64,9 @@ WILLOW_SUBCLASSES: dict[str, tuple[str, ...]] = {
 DEFAULT_PAIRS_PER_SPLIT = {"trn": 60, "val": 24, "test": 36}
 SPLITS = ("trn", "val", "test")
 FOLDERS = {"spair": "SPair-71k", "pfpascal": "PF-Pascal", "pfwillow": "PF-Willow"}
-_DATASET_CODE = {"spair": 1, "pfpascal": 2, "pfwillow": 3}
+#: Random streams: one per written dataset, plus streams no written split ever uses (the embedded model's
+#: pre-training images and the held-out pairs that choose its read-out layer).
+_DATASET_CODE = {"spair": 1, "pfpascal": 2, "pfwillow": 3, "pretrain": 9, "selection": 10}
 _NAME_BASE = {"spair": 0, "pfpascal": 300000, "pfwillow": 600000}
 _PFPASCAL_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -170,7 +181,101 @@ def _tvmonitor(rng: np.random.Generator):
     return parts, np.array(kps, dtype=np.float64)
 
 
-_SHAPES = {"bottle": _bottle, "car": _car, "motorbike": _motorbike, "tvmonitor": _tvmonitor}
+def _aeroplane(rng: np.random.Generator):
+    fh, wx = rng.uniform(0.1, 0.17), rng.uniform(-0.1, 0.2)
+    sweep, span = rng.uniform(0.2, 0.45), rng.uniform(0.35, 0.55)
+    fin_h, fin_w = rng.uniform(0.35, 0.6), rng.uniform(0.2, 0.35)
+    nose, tail = np.array([1.0, 0.0]), np.array([-1.0, -0.6 * fh])
+    top = _bezier((0.7, -fh), (0.95, -fh), nose) + [(-1.0, -fh), tail]
+    bottom = [(-0.85, 0.4 * fh), (0.7, fh)] + _bezier((0.95, fh), (1.0, 0.5 * fh), nose, 4)
+    fuselage = np.array(top[:-2][::-1] + [(-1.0, -fh), tail] + bottom[:-1])
+    root_f, root_r = np.array([wx + 0.2, 0.3 * fh]), np.array([wx - 0.15, 0.3 * fh])
+    tip = np.array([wx - sweep, 0.3 * fh + span])
+    wing = np.array([root_f, root_r, tip + (-0.1, 0), tip + (0.08, 0)])
+    fin_base = np.array([-1.0 + fin_w, -fh])
+    fin_top = np.array([-0.98, -fh - fin_h])
+    fin = np.array([(-1.0, -fh), fin_base, fin_top + (0.06, 0), fin_top])
+    stab_tip = np.array([-0.95, 0.1 + rng.uniform(0.05, 0.2)])
+    stab = np.array([(-0.7, 0.0), (-0.92, -0.02), stab_tip, stab_tip + (0.12, 0)])
+    engine = np.array([wx - 0.1, 0.3 * fh + 0.4 * span])
+    cockpit = np.array([0.8, -0.55 * fh])
+    parts = [(wing, "accent"), (stab, "accent"), (fuselage, "body"), (fin, "accent"),
+             (_ellipse(*engine, 0.12, 0.05), "metal"), (_ellipse(*cockpit, 0.09, 0.045), "glass")]
+    kps = [nose, tail, fin_top, fin_base, root_f, root_r, tip, cockpit, engine, stab_tip, (0.0, fh)]
+    return parts, np.array(kps, dtype=np.float64)
+
+
+def _boat(rng: np.random.Generator):
+    bow_h, depth = rng.uniform(0.05, 0.2), rng.uniform(0.25, 0.4)
+    bow_b, stern_b = rng.uniform(0.55, 0.8), -rng.uniform(0.75, 0.9)
+    c0, c1 = rng.uniform(-0.7, -0.3), rng.uniform(-0.1, 0.25)
+    ch, mx, mh = rng.uniform(0.15, 0.3), rng.uniform(-0.1, 0.3), rng.uniform(0.7, 1.0)
+    sail_w = rng.uniform(0.35, 0.6)
+    hull = np.array([(-1.0, 0.0), (1.0, -bow_h), (bow_b, depth), (stern_b, depth)])
+    cabin = _rect(c0, -ch, c1, 0.0)
+    window = np.array([(c0 + c1) / 2, -ch / 2])
+    sail = np.array([(mx + 0.03, -mh), (mx + 0.03, -ch - 0.05), (mx + 0.03 + sail_w, -ch - 0.05)])
+    parts = [(sail, "label"), (_bar((mx, 0.0), (mx, -mh), 0.025), "dark"), (cabin, "accent"), (hull, "body"),
+             (_ellipse(*window, 0.05, 0.04), "glass")]
+    kps = [(1.0, -bow_h), (-1.0, 0.0), (bow_b, depth), (stern_b, depth), (mx, -mh), (mx, 0.0),
+           (mx + 0.03 + sail_w, -ch - 0.05), (c1, -ch), (c0, -ch), window]
+    return parts, np.array(kps, dtype=np.float64)
+
+
+def _chair(rng: np.random.Generator):
+    sw, st = rng.uniform(0.4, 0.6), rng.uniform(0.06, 0.12)
+    bh, lean = rng.uniform(0.6, 1.0), rng.uniform(0.0, 0.2)
+    leg, depth = rng.uniform(0.6, 0.9), rng.uniform(0.1, 0.25)
+    bt = rng.uniform(0.06, 0.12)
+    sf, sr = np.array([sw, 0.0]), np.array([-sw, 0.0])
+    back_top = np.array([-sw - lean, -bh])
+    parts = [(_bar(sf + (-depth, -depth / 2), sf + (-depth, leg - depth / 2), 0.03), "dark"),
+             (_bar(sr + (depth, -depth / 2), sr + (depth, leg - depth / 2), 0.03), "dark"),
+             (np.array([sr + (0, -st / 2), sr + (bt, -st / 2), back_top + (bt, 0), back_top]), "accent"),
+             (np.array([sr, sf, sf + (0, st), sr + (0, st)]), "body"),
+             (_bar(sf + (-0.03, st), sf + (-0.03, leg), 0.035), "dark"),
+             (_bar(sr + (0.03, st), sr + (0.03, leg), 0.035), "dark")]
+    kps = [back_top, back_top + (bt, 0), sf, sr, sf + (-0.03, leg), sr + (0.03, leg),
+           sf + (-depth, leg - depth / 2), sr + (depth, leg - depth / 2), (0.0, st / 2),
+           (back_top + sr) / 2 + (bt / 2, 0)]
+    return parts, np.array(kps, dtype=np.float64)
+
+
+def _leaf(base, tip, width: float, n: int = 16) -> np.ndarray:
+    """A pointed leaf from ``base`` to ``tip`` as a polygon."""
+    base, tip = np.asarray(base, dtype=np.float64), np.asarray(tip, dtype=np.float64)
+    d = tip - base
+    normal = np.array([-d[1], d[0]]) / (np.hypot(*d) + 1e-12)
+    t = np.linspace(0, 1, n)
+    side = np.sin(np.pi * t)[:, None] * width * normal
+    line = base + t[:, None] * d
+    return np.concatenate([line + side, (line - side)[::-1]])
+
+
+def _pottedplant(rng: np.random.Generator):
+    pw, ph = rng.uniform(0.3, 0.5), rng.uniform(0.45, 0.7)
+    taper, rim = rng.uniform(0.55, 0.85), rng.uniform(0.05, 0.1)
+    y_rim = 1.0 - ph
+    stem_top = np.array([rng.uniform(-0.1, 0.1), y_rim - rng.uniform(0.6, 1.0)])
+    top_tip = stem_top + (rng.uniform(-0.15, 0.15), -rng.uniform(0.25, 0.45))
+    lh = y_rim - rng.uniform(0.15, 0.35)
+    left_tip = np.array([-rng.uniform(0.55, 0.9), lh - rng.uniform(0.0, 0.3)])
+    right_tip = np.array([rng.uniform(0.55, 0.9), lh - rng.uniform(0.1, 0.4)])
+    base_l, base_r = np.array([0.0, lh + 0.05]), np.array([0.0, lh - 0.1])
+    pot = np.array([(-pw, y_rim), (pw, y_rim), (taper * pw, 1.0), (-taper * pw, 1.0)])
+    parts = [(_bar((0.0, y_rim), stem_top, 0.03), "dark"),
+             (_leaf(base_l, left_tip, rng.uniform(0.1, 0.18)), "accent"),
+             (_leaf(base_r, right_tip, rng.uniform(0.1, 0.18)), "accent"),
+             (_leaf(stem_top + (0, 0.1), top_tip, rng.uniform(0.08, 0.14)), "accent"),
+             (pot, "body"), (_rect(-pw - 0.04, y_rim - rim, pw + 0.04, y_rim), "label"),
+             (_ellipse(*stem_top, 0.09, 0.09), "light")]
+    kps = [(-pw - 0.04, y_rim - rim), (pw + 0.04, y_rim - rim), (-taper * pw, 1.0), (taper * pw, 1.0),
+           (0.0, y_rim - rim), top_tip, left_tip, right_tip, stem_top, (0.0, (y_rim + 1.0) / 2)]
+    return parts, np.array(kps, dtype=np.float64)
+
+
+_SHAPES = {"aeroplane": _aeroplane, "boat": _boat, "bottle": _bottle, "car": _car, "chair": _chair,
+           "motorbike": _motorbike, "pottedplant": _pottedplant, "tvmonitor": _tvmonitor}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering one instance.
@@ -188,6 +293,7 @@ class Instance:
     size: float  # longest side of the unclipped object box, pixels
     truncated: bool
     occluded: bool
+    attributes: dict  # what a caption may say: category, colour, texture, orientation, size, background, ...
 
 
 def _colour(rng: np.random.Generator, sat=(0.35, 0.95), val=(0.3, 0.95)) -> np.ndarray:
@@ -200,12 +306,12 @@ _SCREEN_TEXTURES = ("stripes", "noise", "checks")
 
 
 def _texture(rng: np.random.Generator, box: tuple[int, int, int, int], c1, c2, angle: float,
-             kinds) -> np.ndarray | None:
-    """An ``(h, w, 3)`` uint8 pattern (stripes, dots, checks or noise) for the pixel box ``(x0, y0, w, h)``,
-    aligned with the object's rotation ``angle``; None for a solid fill."""
+             kinds) -> tuple[np.ndarray | None, str]:
+    """``(pattern, kind)``: an ``(h, w, 3)`` uint8 pattern (stripes, dots, checks or noise) for the pixel box
+    ``(x0, y0, w, h)``, aligned with the object's rotation ``angle``; None for a solid fill."""
     kind = kinds[rng.integers(len(kinds))]
     if kind == "solid":
-        return None
+        return None, kind
     x0, y0, w, h = box
     yy = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
     xx = np.arange(x0, x0 + w, dtype=np.float32)[None, :]
@@ -218,14 +324,15 @@ def _texture(rng: np.random.Generator, box: tuple[int, int, int, int], c1, c2, a
         mask = (u % p - p / 2) ** 2 + (v % p - p / 2) ** 2 < (p * rng.uniform(0.2, 0.35)) ** 2
     elif kind == "checks":
         mask = (np.floor(u / p) + np.floor(v / p)) % 2 == 0
-    else:  # noise
-        mask = rng.random((h, w), dtype=np.float32) < 0.5
+    else:  # noise: blotches of about 4 pixels
+        coarse = rng.random(((h + 3) // 4 + 1, (w + 3) // 4 + 1), dtype=np.float32) < 0.5
+        mask = coarse[(np.arange(h) + y0 % 4) // 4][:, (np.arange(w) + x0 % 4) // 4]
     out = np.where(mask[..., None], np.float32(1) * c1, c2) + 5 * rng.standard_normal((h, w, 1), dtype=np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return np.clip(out, 0, 255).astype(np.uint8), kind
 
 
-def _background(rng: np.random.Generator, size_wh, clutter: tuple[int, int]) -> Image.Image:
-    """A two-colour linear gradient with pixel noise, then ``clutter`` random shapes."""
+def _background(rng: np.random.Generator, size_wh, clutter: tuple[int, int]) -> tuple[Image.Image, int]:
+    """``(image, n)``: a two-colour linear gradient with pixel noise, then ``n`` random shapes (n in ``clutter``)."""
     w, h = size_wh
     c1, c2 = _colour(rng, (0.05, 0.6), (0.4, 1.0)), _colour(rng, (0.05, 0.6), (0.2, 0.9))
     a = rng.uniform(0, 2 * np.pi)
@@ -237,7 +344,8 @@ def _background(rng: np.random.Generator, size_wh, clutter: tuple[int, int]) -> 
     arr = c1 + (c2 - c1) * t + noise
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(clutter[0], clutter[1] + 1))):
+    n = int(rng.integers(clutter[0], clutter[1] + 1))
+    for _ in range(n):
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         rx, ry = rng.uniform(5, 0.25 * w), rng.uniform(5, 0.25 * h)
         colour = tuple(int(c) for c in _colour(rng, (0.0, 0.5), (0.2, 0.9)))
@@ -248,7 +356,7 @@ def _background(rng: np.random.Generator, size_wh, clutter: tuple[int, int]) -> 
             draw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=colour)
         else:
             draw.line([x - rx, y - ry, x + rx, y + ry], fill=colour, width=int(rng.integers(2, 8)))
-    return img
+    return img, n
 
 
 def _style(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -309,7 +417,8 @@ def render_instance(category: str, rng: np.random.Generator, *, truncation: floa
             break
 
     style = _style(rng)
-    img = _background(rng, (w, h), clutter)
+    img, n_clutter = _background(rng, (w, h), clutter)
+    body_texture = "solid"
     for poly, role in parts:
         xy = [tuple(p) for p in place(poly, t, scale)]
         colour = style[role]
@@ -321,7 +430,8 @@ def render_instance(category: str, rng: np.random.Generator, *, truncation: floa
             x0, y0 = (max(int(math.floor(c)), 0) for c in np.min(xy, axis=0))
             x1, y1 = np.minimum(np.ceil(np.max(xy, axis=0)).astype(int) + 1, (w, h))
             if x1 > x0 and y1 > y0:
-                pattern = _texture(rng, (x0, y0, x1 - x0, y1 - y0), colour, second, angle, kinds)
+                pattern, kind = _texture(rng, (x0, y0, x1 - x0, y1 - y0), colour, second, angle, kinds)
+                body_texture = kind if role == "body" else body_texture
         if pattern is None:
             ImageDraw.Draw(img).polygon(xy, fill=tuple(int(c) for c in colour), outline=outline)
         else:
@@ -339,8 +449,28 @@ def render_instance(category: str, rng: np.random.Generator, *, truncation: floa
     limit = np.array([w - 1, h - 1])
     bbox = np.concatenate([np.clip(box_lo, 0, limit), np.clip(box_hi, 0, limit)])
     truncated = bool((~in_frame).any() or (box_lo < 0).any() or (box_hi > limit).any())
-    return Instance(image=img, kps=np.where(visible[:, None], pts, np.nan), bbox=bbox, angle=angle,
-                    size=float((box_hi - box_lo).max()), truncated=truncated, occluded=bool(hidden.any()))
+    size = float((box_hi - box_lo).max())
+    attributes = {"category": category, "colour": colour_name(style["body"]), "texture": body_texture,
+                  "orientation": "tilted left" if angle < -10 else "tilted right" if angle > 10 else "upright",
+                  "size": "large" if size > 0.7 * min(w, h) else "small" if size < 0.5 * min(w, h) else "medium",
+                  "background": "cluttered" if n_clutter >= 4 else "plain", "truncated": truncated,
+                  "occluded": bool(hidden.any())}
+    return Instance(image=img, kps=np.where(visible[:, None], pts, np.nan), bbox=bbox, angle=angle, size=size,
+                    truncated=truncated, occluded=bool(hidden.any()), attributes=attributes)
+
+
+_HUE_NAMES = ((0.04, "red"), (0.11, "orange"), (0.19, "yellow"), (0.45, "green"), (0.55, "cyan"), (0.72, "blue"),
+              (0.83, "purple"), (0.95, "pink"), (1.01, "red"))
+
+
+def colour_name(rgb) -> str:
+    """A plain colour word for an RGB triple in 0..255 (``"dark"``, ``"grey"`` or a hue name)."""
+    h, s, v = colorsys.rgb_to_hsv(*(float(c) / 255 for c in rgb))
+    if v < 0.3:
+        return "dark"
+    if s < 0.3:
+        return "grey"
+    return next(name for limit, name in _HUE_NAMES if h < limit)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -473,7 +603,7 @@ def _pair_flags(src: Instance, trg: Instance) -> dict[str, int]:
 
 def generate_spair(root: str | Path, seed: int = 0, images_per_category: int = 12,
                    pairs_per_split: dict[str, int] | None = None,
-                   categories: tuple[str, ...] = SYNTHETIC_CATEGORIES) -> Path:
+                   categories: tuple[str, ...] = SYNTHETIC_CATEGORIES, stream: str = "spair") -> Path:
     """Write a synthetic dataset in the SPair-71k layout under ``root/SPair-71k`` and return that folder.
 
     Each category's ``images_per_category`` images are split into disjoint trn / val / test groups (test images
@@ -492,7 +622,7 @@ def generate_spair(root: str | Path, seed: int = 0, images_per_category: int = 1
             groups = _split_images(images_per_category, {s: per_cat[s][ci] for s in SPLITS}, "generate_spair")
             names, instances = [], []
             for i in range(images_per_category):
-                inst = render_instance(cat, _rng(seed, "spair", ci, i))
+                inst = render_instance(cat, _rng(seed, stream, ci, i))
                 name = _image_name("spair", counter)
                 counter += 1
                 w, h = inst.image.size
@@ -506,7 +636,7 @@ def generate_spair(root: str | Path, seed: int = 0, images_per_category: int = 1
                 _write_text(out / "ImageAnnotation" / cat / f"{name}.json", json.dumps(ann))
                 names.append(name)
                 instances.append(inst)
-            pair_rng = _rng(seed, "spair", ci, 0, stream=1)
+            pair_rng = _rng(seed, stream, ci, 0, stream=1)
             for split in SPLITS:
                 for a, b in _choose_pairs(pair_rng, groups[split], per_cat[split][ci]):
                     src, trg = instances[a], instances[b]
@@ -620,11 +750,29 @@ def generate_pfwillow(root: str | Path, seed: int = 0, images_per_subclass: int 
 _GENERATORS = {"spair": generate_spair, "pfpascal": generate_pfpascal, "pfwillow": generate_pfwillow}
 
 
+def test_split_settings(test_pairs: int, categories: tuple[str, ...] = SYNTHETIC_CATEGORIES) -> dict:
+    """Generator settings for a test split of ``test_pairs`` pairs in every layout (train and validation as by
+    default), with enough images per category (PF-Willow: per sub-class) to draw them from disjoint images."""
+    if test_pairs < 1:
+        raise ValueError(f"test_pairs must be positive, got {test_pairs}")
+    pairs = dict(DEFAULT_PAIRS_PER_SPLIT, test=int(test_pairs))
+    per_cat = _split_pairs(pairs, len(categories))
+    images = max(12, max(sum(_images_for(per_cat[s][ci]) for s in SPLITS) for ci in range(len(categories))))
+    n_sub = sum(len(WILLOW_SUBCLASSES.get(c, ())) for c in categories)
+    per_sub = math.ceil(test_pairs / max(n_sub, 1))
+    return {"pairs_per_split": pairs, "images_per_category": images, "pairs_per_subclass": per_sub,
+            "images_per_subclass": max(6, _images_for(per_sub))}
+
+
 def generate_all(root: str | Path, seed: int = 0, **kw) -> dict[str, Path]:
-    """Write all three formats under ``root``; each keyword goes to the generators that accept it.
+    """Write all three formats under ``root``; each keyword goes to the generators that accept it
+    (``test_pairs=N`` stands for :func:`test_split_settings`).
 
     Returns ``{"spair": root/SPair-71k, "pfpascal": root/PF-Pascal, "pfwillow": root/PF-Willow}``.
     """
+    if kw.get("test_pairs") is not None:
+        kw = {**test_split_settings(kw.pop("test_pairs"), kw.get("categories", SYNTHETIC_CATEGORIES)), **kw}
+    kw.pop("test_pairs", None)
     accepted = {name: set(inspect.signature(fn).parameters) - {"root", "seed"} for name, fn in _GENERATORS.items()}
     unknown = set(kw) - set().union(*accepted.values())
     if unknown:
