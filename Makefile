@@ -11,16 +11,21 @@ export TOKENIZERS_PARALLELISM ?= false
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 RUNS      := runs
 
-.PHONY: setup demo test test-fast test-browser figures lab data reproduce mini mini-targets clean
+.PHONY: lock setup demo test test-fast test-browser figures lab data reproduce mini mini-targets clean
 
 ## setup: create the virtual environment (torch first: the CPU wheel), install the package and dev tools
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 setup: $(STAMP)
+
+## lock: record the exact versions installed now in constraints.txt (after a deliberate upgrade and a green make test)
+lock: setup
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 ## data: the embedded synthetic dataset (SPair-71k, PF-Pascal and PF-Willow layouts) under data/synthetic
 data: setup

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from sd4match_utils.cache import atomic_write_json, atomic_write_text
+from sd4match_utils.conditioning import make_conditioning
 from sd4match_utils.data import ensure_synthetic, load_dataset
-from sd4match_utils.evaluate import make_conditioning, predict, provenance
+from sd4match_utils.evaluate import predict, provenance
 from sd4match_utils.features import FeatureExtractor, feature_shapes, image_key, preprocess
 from sd4match_utils.metrics import pck_records
 from sd4match_utils.models import SDModel, load_sd

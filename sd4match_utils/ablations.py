@@ -37,10 +37,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .evaluate import FixedPromptConditioning, LearnedPromptConditioning, make_conditioning, predict
+from .conditioning import FIXED_PROMPTS, Conditioning, make_conditioning
+from .evaluate import predict
 from .features import FeatureExtractor
 from .metrics import ALPHAS, pck_records
-from .prompts import FIXED_PROMPTS
 from .train import TrainSettings, train
 from .viz import save_figure
 
@@ -331,13 +331,11 @@ class PromptEvaluator:
         return self._extractors[t]
 
     def conditioning(self, prompt):
-        """``"text"`` / ``"empty"`` → fixed prompt; a prompt module (e.g. a
-        :class:`~sd4match_utils.prompts.LearnedPrompt`), a prompt file or a run folder (its
+        """``"text"`` / ``"empty"`` → fixed prompt; a :class:`~sd4match_utils.conditioning.Conditioning` (e.g. a
+        :class:`~sd4match_utils.conditioning.LearnedPrompt`), a prompt file or a run folder (its
         ``prompt_<protocol.prompt_file>.safetensors``) → learned prompt."""
-        if hasattr(prompt, "condition"):  # a prompt module: LearnedPrompt (or a CPM module)
-            return LearnedPromptConditioning(self.sd, prompt)
-        if isinstance(prompt, str) and prompt in FIXED_PROMPTS:
-            return FixedPromptConditioning(self.sd, prompt)
+        if isinstance(prompt, Conditioning) or (isinstance(prompt, str) and prompt in FIXED_PROMPTS):
+            return make_conditioning(self.sd, prompt)
         path = Path(prompt)
         if path.is_dir():
             path = prompt_path(path, self.protocol.prompt_file)

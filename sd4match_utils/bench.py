@@ -121,10 +121,10 @@ def extraction_fn(sd, case: ExtractionCase, cond: torch.Tensor, image: torch.Ten
 
 
 def bench_extraction(sd, img_sizes=(768,), ensembles=(1, 8), strategies=("dift", "original", "ours", "ours-cached"),
-                     repeats: int = 3) -> list[dict]:
-    """Time every strategy × size × ensemble for the loaded model's precision; also checks that ``ours`` gives
-    the same features as ``original`` (same noise)."""
-    from .prompts import encode_text
+                     repeats: int = 3, warmup: int = 1) -> list[dict]:
+    """Time every strategy × size × ensemble for the loaded model's precision (``warmup`` untimed runs, then the
+    median of ``repeats``); also checks that ``ours`` gives the same features as ``original`` (same noise)."""
+    from .conditioning import encode_text
 
     dev = sd.device
     cond = encode_text(sd, [""])
@@ -132,6 +132,7 @@ def bench_extraction(sd, img_sizes=(768,), ensembles=(1, 8), strategies=("dift",
     for s in img_sizes:
         g = torch.Generator().manual_seed(0)
         image = (torch.rand(1, 3, s, s, generator=g) * 2 - 1).to(dev, sd.dtype)
+        image = image.contiguous(memory_format=getattr(sd, "vae_memory_format", torch.contiguous_format))
         with torch.no_grad():
             z_cached = sd.vae.encode(image).latent_dist.mean * sd.vae.config.scaling_factor
         for e in ensembles:
@@ -139,7 +140,7 @@ def bench_extraction(sd, img_sizes=(768,), ensembles=(1, 8), strategies=("dift",
                 case = ExtractionCase(strat, s, e, sd.identity.get("precision", "fp32"))
                 torch.manual_seed(0)
                 fn = extraction_fn(sd, case, cond, image, z_cached)
-                sec, peak = timed(fn, dev, repeats=repeats)
+                sec, peak = timed(fn, dev, repeats=repeats, warmup=warmup)
                 rows.append({**case.__dict__, "seconds_per_image": sec, "peak_gib": peak})
         # early exit vs whole UNet on the same noised latents: the features must be identical
         noise = torch.randn(2, 4, s // 8, s // 8, generator=torch.Generator().manual_seed(2)).to(dev)
@@ -156,8 +157,8 @@ def bench_extraction(sd, img_sizes=(768,), ensembles=(1, 8), strategies=("dift",
 def bench_train_step(sd, batch: int = 3, img_size: int = 768, gradient_checkpointing: bool = False,
                      repeats: int = 3) -> dict:
     """One optimisation step of a 75-token prompt on ``batch`` random pairs at ``img_size`` (latents given)."""
+    from .conditioning import LearnedPrompt
     from .loss import batch_loss
-    from .prompts import LearnedPrompt
 
     dev = sd.device
     prompt = LearnedPrompt.initialise(sd, "single", n_tokens=75, seed=0).to(dev)
@@ -194,8 +195,8 @@ def bench_throughput(sd, n_images: int = 16, img_size: int = 768, ensemble: int 
     import numpy as np
     from PIL import Image
 
+    from .conditioning import encode_text
     from .features import FeatureExtractor
-    from .prompts import encode_text
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for _ in range(n_images + 1)]
@@ -217,12 +218,14 @@ def bench_throughput(sd, n_images: int = 16, img_size: int = 768, ensemble: int 
 
 def run_bench(model: str = "sd21-random", device: str = "cpu", precisions=("bf16",), img_sizes=(768, 512),
               ensembles=(1, 8), repeats: int = 3, train: bool = True, train_batch: int = 3,
-              throughput_images: int = 16, log=print) -> dict:
+              throughput_images: int = 16, channels_last: bool | None = None, compile: bool = False,
+              log=print) -> dict:
     """The whole harness in one run: matmul rate, extraction strategies, training step, evaluation throughput,
-    for each precision. The model is built once and cast per precision."""
+    for each precision. The model is built once and cast per precision; ``channels_last`` / ``compile`` as in
+    :func:`~sd4match_utils.models.apply_fast_path`."""
     import copy
 
-    from .models import PRECISIONS, SDModel, freeze, load_sd
+    from .models import PRECISIONS, SDModel, apply_fast_path, freeze, load_sd
 
     dev = torch.device(device)
     base = load_sd(model, device="cpu", precision="fp32")
@@ -234,6 +237,7 @@ def run_bench(model: str = "sd21-random", device: str = "cpu", precisions=("bf16
         parts = {k: (freeze(copy.deepcopy(getattr(base, k)), dev, dtype) if k in ("unet", "vae", "text_encoder")
                      else getattr(base, k)) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
         sd = SDModel(**parts, identity={**base.identity, "precision": precision}, device=dev, dtype=dtype)
+        apply_fast_path(sd, channels_last=channels_last, compile=compile)
         for row in bench_extraction(sd, img_sizes=img_sizes, ensembles=ensembles, repeats=repeats):
             result["extraction"].append(row)
             log(f"{precision} {row}")
@@ -253,14 +257,204 @@ def run_bench(model: str = "sd21-random", device: str = "cpu", precisions=("bf16
     return result
 
 
+# --------------------------------------------------------------------------------------------- CPU path (quick)
+def _quick_images(n: int):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``‖a − b‖ / ‖b‖`` over the whole map (float32)."""
+    a, b = a.float().cpu(), b.float().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over locations of the cosine between the two maps' feature vectors (``(B, C, h, w)``)."""
+    a, b = a.float().cpu().flatten(2), b.float().cpu().flatten(2)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
+
+
+def bench_cpu_path(model: str = "sd21-random", device: str = "cpu", fast_precision: str = "auto",
+                   img_sizes=(512, 768), ensembles=(1, 8), channels_last: bool | None = None, compile: bool = False,
+                   log=print) -> dict:
+    """Per-image extraction time of the ``FeatureExtractor`` (one image: the VAE once, then E noise copies through
+    the UNet up to ``up_blocks[1]``, one call of E rows) on two paths, side by side in one process:
+
+    - ``fp32 eager``: fp32 weights, default layout, no compile (the default of earlier versions);
+    - ``fast``: ``fast_precision`` (``auto``: what :func:`~sd4match_utils.models.resolve_precision` picks for real
+      weights on ``device``), channels-last VAE where :func:`~sd4match_utils.models.apply_fast_path` applies it,
+      ``torch.compile`` when ``compile``.
+
+    Each path loads the model afresh (the other path's model is freed first, so the peak memory is the path's own)
+    and extracts, per size, one warm-up image at E = 1 (with ``compile`` this includes the compilation: reported as
+    ``first_image_seconds``), then one timed image per E (VAE and UNet timed separately). The fast path's features
+    are compared with fp32's on the same images and noise: relative difference ``‖f − f32‖ / ‖f32‖`` and mean
+    per-location cosine. Peak memory: the process's peak resident memory during the timed image (weights
+    included). Returns ``{"paths", "rows", "feature_diff"}``."""
+    import gc
+
+    from .conditioning import encode_text
+    from .features import FeatureExtractor
+    from .models import apply_fast_path, load_sd, resolve_precision
+
+    dev = torch.device(device)
+    fast = resolve_precision(fast_precision, dev)
+    paths = [{"path": "fp32 eager", "precision": "fp32", "channels_last": False, "compile": False},
+             {"path": "fast", "precision": fast, "channels_last": channels_last, "compile": compile}]
+    images = _quick_images(1 + len(ensembles))  # one warm-up image, one per ensemble size
+    rows, feats = [], {}
+    for p in paths:
+        t = time.perf_counter()
+        sd = load_sd(model, device=dev, precision=p["precision"], channels_last=False)
+        apply_fast_path(sd, channels_last=p["channels_last"], compile=p["compile"])
+        p["channels_last"] = sd.vae_memory_format == torch.channels_last
+        p["load_seconds"] = time.perf_counter() - t
+        cond = encode_text(sd, [""])
+        for s in img_sizes:
+            fx = FeatureExtractor(sd, layers=(1,), ensemble=1, img_size=s, batch_size=1)
+            _sync(dev)
+            t = time.perf_counter()
+            fx(images[:1], cond)
+            _sync(dev)
+            first = time.perf_counter() - t
+            for j, e in enumerate(ensembles):
+                fx = FeatureExtractor(sd, layers=(1,), ensemble=e, img_size=s, batch_size=e)
+                image = images[1 + j]
+                _sync(dev)
+                _reset_peak(dev)
+                t0 = time.perf_counter()
+                z0 = fx.latents([image])
+                _sync(dev)
+                t1 = time.perf_counter()
+                from .features import image_key
+
+                f = fx.features_from_latents(z0, cond, [image_key(image)])[1]
+                _sync(dev)
+                t2 = time.perf_counter()
+                row = {**{k: p[k] for k in ("path", "precision", "channels_last", "compile")}, "img_size": s,
+                       "ensemble": e, "seconds_per_image": t2 - t0, "vae_seconds": t1 - t0, "unet_seconds": t2 - t1,
+                       "peak_gib": _peak_gib(dev), "first_image_seconds": first}
+                rows.append(row)
+                feats[(p["path"], s, e)] = f.cpu()
+                log(str(row))
+        del sd, fx, cond
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    diffs = []
+    for s in img_sizes:
+        for e in ensembles:
+            ref, f = feats[("fp32 eager", s, e)], feats[("fast", s, e)]
+            diffs.append({"img_size": s, "ensemble": e, "precision": fast, "rel_diff": _rel_diff(f, ref),
+                          "mean_cosine": _mean_cosine(f, ref)})
+    for r in rows:
+        if r["path"] == "fast":
+            ref = next(x for x in rows if x["path"] == "fp32 eager" and (x["img_size"], x["ensemble"])
+                       == (r["img_size"], r["ensemble"]))
+            r["speedup_vs_fp32"] = ref["seconds_per_image"] / r["seconds_per_image"]
+            r["rel_diff_vs_fp32"] = next(d["rel_diff"] for d in diffs
+                                         if (d["img_size"], d["ensemble"]) == (r["img_size"], r["ensemble"]))
+    return {"paths": paths, "rows": rows, "feature_diff": diffs}
+
+
+def run_quick(model: str = "sd21-random", device: str = "cpu", fast_precision: str = "auto", img_sizes=(512, 768),
+              ensembles=(1, 8), strategy_size: int | None = 512, channels_last: bool | None = None,
+              compile: bool = False, log=print) -> dict:
+    """``sd4match bench --quick``: what a CPU user runs. The CPU path against fp32 eager
+    (:func:`bench_cpu_path`), then the extraction strategies (dift / original / ours / ours-cached) on the fast
+    path at ``strategy_size`` and the largest E, one timed run each without warm-up (``None``: skipped), and the
+    dense matmul rates. Wall time of the whole run is recorded."""
+    from .models import apply_fast_path, load_sd, resolve_precision
+
+    t = time.perf_counter()
+    dev = torch.device(device)
+    fast = resolve_precision(fast_precision, dev)
+    result = {"environment": environment(dev), "quick": True, "matmul_tflops": {}, "extraction": [],
+              "train_step": [], "throughput": []}
+    for precision in dict.fromkeys(("fp32", fast)):
+        result["matmul_tflops"][precision] = matmul_tflops(dev, _dtype(precision), n=1024)
+    result["cpu_path"] = bench_cpu_path(model, device, fast, img_sizes, ensembles, channels_last, compile, log)
+    if strategy_size:
+        sd = load_sd(model, device=dev, precision=fast, channels_last=False)
+        apply_fast_path(sd, channels_last=channels_last, compile=compile)
+        result["model"] = {**sd.identity}
+        for row in bench_extraction(sd, img_sizes=(strategy_size,), ensembles=(max(ensembles),), repeats=1,
+                                    warmup=0):
+            result["extraction"].append(row)
+            log(f"{fast} {row}")
+        del sd
+    else:
+        result["model"] = {"model": model}
+    result["wall_seconds"] = time.perf_counter() - t
+    return result
+
+
+def _dtype(precision: str) -> torch.dtype:
+    from .models import PRECISIONS
+
+    return PRECISIONS[precision]
+
+
+def render_cpu_path(cpu: dict) -> list[str]:
+    """Markdown lines of a :func:`bench_cpu_path` result."""
+    fast = next(p for p in cpu["paths"] if p["path"] == "fast")
+    how = [fast["precision"]] + (["channels-last VAE"] if fast.get("channels_last") else []) + \
+        (["torch.compile"] if fast.get("compile") else [])
+    lines = [f"Per-image feature extraction (`FeatureExtractor`, one image: VAE once, E noise copies through the UNet "
+             f"up to `up_blocks[1]` in one call), fp32 eager against the fast path ({', '.join(how)}):", "",
+             "| path | precision | size | E | s / image | VAE s | UNet s | × vs fp32 | peak GiB | rel. diff vs fp32 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in cpu["rows"]:
+        speed = f"{r['speedup_vs_fp32']:.2f}" if "speedup_vs_fp32" in r else "1.00"
+        diff = f"{r['rel_diff_vs_fp32']:.2e}" if "rel_diff_vs_fp32" in r else "–"
+        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "–"
+        lines.append(f"| {r['path']} | {r['precision']} | {r['img_size']} | {r['ensemble']} | "
+                     f"{r['seconds_per_image']:.2f} | {r['vae_seconds']:.2f} | {r['unet_seconds']:.2f} | {speed} | "
+                     f"{peak} | {diff} |")
+    lines += ["", "Features of the fast path against fp32 (same images, same noise): "
+              + "; ".join(f"{d['img_size']}², E = {d['ensemble']}: relative difference {d['rel_diff']:.2e}, "
+                          f"mean cosine {d['mean_cosine']:.5f}" for d in cpu["feature_diff"]) + "."]
+    firsts = sorted({(r["path"], r["img_size"], r["first_image_seconds"]) for r in cpu["rows"]})
+    lines += ["", "First image per size (warm-up, E = 1; includes compilation when compiled): "
+              + "; ".join(f"{p} {s}²: {sec:.1f} s" for p, s, sec in firsts) + "."]
+    return lines
+
+
 def environment(device: torch.device) -> dict:
     import diffusers
 
     info = {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
             "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    info.update(_cpu_info())
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_info() -> dict:
+    """CPU model name (``/proc/cpuinfo``), logical cores, native bf16 flags, and whether another process kept
+    the CPUs busy (1-minute load average at the start)."""
+    import os
+
+    from .models import CPU_BF16_FLAGS, _cpu_flags, cpu_supports_bf16
+
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    info = {"cpu_model": name, "cpu_cores": os.cpu_count(), "cpu_bf16": cpu_supports_bf16(),
+            "cpu_bf16_flags": sorted(_cpu_flags() & set(CPU_BF16_FLAGS))}
+    try:
+        info["load_average_1min"] = os.getloadavg()[0]
+    except OSError:
+        pass
     return info
 
 
@@ -278,14 +472,26 @@ def flop_lower_bound(strategy: str, ensemble: int, img_size: int) -> float:
 def render_markdown(result: dict, title: str) -> str:
     """Markdown tables of a :func:`run_bench` result."""
     env = result["environment"]
-    where = env.get("gpu") or f"CPU ({env.get('processor')}, {env.get('cpu_threads')} threads)"
+    cpu_name = env.get("cpu_model") or env.get("processor")
+    where = env.get("gpu") or f"CPU ({cpu_name}, {env.get('cpu_threads')} threads)"
+    model = (result.get("model") or {}).get("model", "sd21-random")
+    what = ("SD 2-1's full-size architecture with random weights (`sd21-random`)" if model == "sd21-random"
+            else f"model `{model}`")
+    timing = ("One timed run per case (the CPU path after one warm-up image per size; the strategies without "
+              "warm-up)" if result.get("quick") else "Median of the timed runs after 1 warm-up")
     lines = [f"## {title}", "", f"{where}; torch {env['torch']}, diffusers "
-             f"{env['diffusers']}, Python {env['python']}; {env['date']}. SD 2-1's full-size architecture with random "
-             "weights (`sd21-random`), read-out `up_blocks[1]`, t = 50. Median of the timed runs after 1 warm-up; "
-             "peak memory is GPU memory allocated on CUDA, the process's peak resident memory on the CPU.", ""]
+             f"{env['diffusers']}, Python {env['python']}; {env['date']}. {what}, read-out `up_blocks[1]`, t = 50. "
+             f"{timing}; peak memory is GPU memory allocated on CUDA, the process's peak resident memory on the CPU.",
+             ""]
+    if result.get("wall_seconds") is not None:
+        lines += [f"Whole run: {result['wall_seconds'] / 60:.1f} min.", ""]
     rates = result.get("matmul_tflops", {})
     if rates:
         lines += ["Measured dense matmul rate: " + ", ".join(f"{p} {r:.3g} TFLOP/s" for p, r in rates.items()), ""]
+    if result.get("cpu_path"):
+        lines += render_cpu_path(result["cpu_path"]) + [""]
+    if not result["extraction"]:
+        return "\n".join(lines) + "\n"
     ext = [r for r in result["extraction"] if not r["strategy"].startswith("check")]
     checks = [r for r in result["extraction"] if r["strategy"].startswith("check")]
     lines += ["| precision | size | E | strategy | s / image | peak GiB | × vs dift | × vs original | FLOP bound (ms) |",

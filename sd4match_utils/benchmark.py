@@ -24,7 +24,6 @@ or ``per_point`` averaging; percent (0–100).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -38,11 +37,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .cache import atomic_write_json
+from .cache import atomic_write_json, file_sha256
+from .conditioning import FIXED_PROMPTS
 from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, run_evaluation
 from .matching import MATCHERS
 from .metrics import ALPHAS, SPACES, bootstrap_ci, clamp_gt, pck_by_flag, pck_correct, pck_records
-from .prompts import FIXED_PROMPTS
 from .viz import plot_matches, save_figure
 
 __all__ = [
@@ -309,20 +308,12 @@ def row_label(model: str, prompt: str, synthetic: bool) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _run_key(es: EvalSettings) -> dict:
     """What must be equal for a finished evaluation to be reused: the settings (prompt path replaced by the file's
     content hash, data root resolved) minus those that do not change predictions."""
     key = {k: v for k, v in asdict(es).items() if k not in _SETTINGS_NOT_IN_KEY}
     if es.prompt not in FIXED_PROMPTS:
-        key["prompt"] = "sha256:" + _file_sha256(Path(es.prompt).expanduser())
+        key["prompt"] = "sha256:" + file_sha256(Path(es.prompt).expanduser())
     return json.loads(json.dumps(key, default=str))
 
 
@@ -922,9 +913,10 @@ def plot_best_worst(runs: pd.DataFrame, selection: pd.DataFrame, alpha: float = 
 
 
 def initial_cpm(trained, seed: int = 0):
-    """The :class:`~sd4match_utils.cpm.ConditionalPrompt` that training started from: same shapes as ``trained``,
-    initialised from ``seed`` exactly as :func:`~sd4match_utils.train.make_prompt` does (no DINOv2 attached)."""
-    from .cpm import ConditionalPrompt
+    """The :class:`~sd4match_utils.conditioning.ConditionalPrompt` that training started from: same shapes as
+    ``trained``, initialised from ``seed`` exactly as :func:`~sd4match_utils.train.make_prompt` does (no DINOv2
+    attached)."""
+    from .conditioning import ConditionalPrompt
 
     return ConditionalPrompt(trained.text_dim, trained.dino_dim, trained.n_global, trained.n_cond, trained.mode,
                              trained.features, trained.n_patches, trained.lr_linear, seed)
@@ -937,7 +929,7 @@ def plot_cpm_state(before, after, labels: tuple[str, str] = ("before training", 
     Panels: (1) histogram of the gate values ``tanh(alpha_cond)`` (all ``C × D`` entries) before and after;
     (2) heat-map of the gate after training ``(C, D)``; (3) heat-map of its change; (4) L2 norm per token of
     ``global_embeds`` (tokens ``0..G-1``), ``positional_embedding`` and the gate (tokens ``G..G+C-1``), before
-    (dashed) and after (solid) — :meth:`~sd4match_utils.cpm.ConditionalPrompt.token_norms`.
+    (dashed) and after (solid) — :meth:`~sd4match_utils.conditioning.ConditionalPrompt.token_norms`.
     """
     g0, g1 = before.gate().numpy(), after.gate().numpy()
     n0, n1 = before.token_norms(), after.token_norms()

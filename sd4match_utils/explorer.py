@@ -202,7 +202,7 @@ def pair_features(sd, sample, prompts: Mapping[str, str], layer: int = 1, timest
     Returns:
         ``{label: (src (C, h, w), trg (C, h, w))}`` float32 on the CPU.
     """
-    from .evaluate import make_conditioning
+    from .conditioning import make_conditioning
     from .features import FeatureExtractor
 
     fx = FeatureExtractor(sd, layers=(layer,), timestep=timestep, ensemble=ensemble, img_size=img_size, seed=seed,

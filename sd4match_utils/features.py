@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import TensorCache
-from .prompts import conditioning_key
+from .cache import TensorCache, tensor_key
 
 UP_BLOCKS = (0, 1, 2, 3)
 LATENT_MODES = ("sample", "mean")
@@ -237,7 +236,8 @@ class FeatureExtractor:
         vae = self.sd.vae
         for i0 in todo:  # one image per VAE call: its latent does not depend on the other images
             idx = [i0]
-            x = preprocess(images[i0], self.img_size)[None].to(self.sd.device, self.sd.dtype).contiguous()
+            x = preprocess(images[i0], self.img_size)[None].to(self.sd.device, self.sd.dtype)
+            x = x.contiguous(memory_format=getattr(self.sd, "vae_memory_format", torch.contiguous_format))
             dist = vae.encode(x).latent_dist
             mean, std = dist.mean.float(), dist.std.float()
             for j, i in enumerate(idx):
@@ -318,7 +318,7 @@ class FeatureExtractor:
         keys = [image_key(im) for im in images]
         names = list(names) if names is not None else [f"with content key {k}" for k in keys]
         per_image = cond.shape[0] == len(images) and len(images) > 1
-        ckeys = [conditioning_key(cond[i : i + 1] if per_image else cond[:1]) for i in range(len(images))]
+        ckeys = [tensor_key(cond[i : i + 1] if per_image else cond[:1]) for i in range(len(images))]
         fkeys = [self._feature_key(k, c) for k, c in zip(keys, ckeys)]
         result: list[dict[str, torch.Tensor] | None] = [None] * len(images)
         if self.cache is not None:

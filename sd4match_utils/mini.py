@@ -42,11 +42,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .cache import atomic_save_tensors, atomic_write_json
+from .models import MINI_DIR
 from .data.synthetic import SYNTHETIC_CATEGORIES
 from .tiny import SD21_SCHEDULER_CONFIG, TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_WORDS
 
-#: Where the shipped weights live (a diffusers folder plus ``dino/`` and ``sd4match.json``).
-MINI_DIR = Path(__file__).parent / "weights" / "mini"
 NATIVE_SIZE = 256
 MINI_UNET_CONFIG = dict(TINY_UNET_CONFIG, sample_size=NATIVE_SIZE // 8, layers_per_block=1)
 MINI_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=(16, 32, 64, 64), sample_size=NATIVE_SIZE)
@@ -328,7 +327,8 @@ class Pretrainer:
 
         from .data import load_dataset
         from .data.synthetic import generate_spair
-        from .evaluate import make_conditioning, predict
+        from .conditioning import make_conditioning
+        from .evaluate import predict
         from .features import FeatureExtractor
         from .metrics import pck_records
 

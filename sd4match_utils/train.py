@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from .cache import atomic_save_tensors, atomic_write_json, atomic_write_text, locked_folder
 from .checks import check_device, check_img_size, check_limit, check_positive, check_writable_folder
+from .conditioning import Conditioning, ConditionalPrompt, LearnedPrompt, make_conditioning
 from .features import FeatureExtractor, add_noise, image_key, unet_readout
 from .loss import batch_loss
-from .prompts import LearnedPrompt
 
 PROMPT_TYPES = ("single", "class", "cpm")
 LOG_COLUMNS = ["kind", "step", "epoch", "loss", "val_pck", "lr", "pairs_seen", "seconds"]
@@ -170,9 +170,8 @@ def gradient_checkpointing(unet, enabled: bool = True):
 
 def make_prompt(settings: TrainSettings, sd, categories: list[str]):
     """A freshly initialised prompt module of ``settings.prompt_type`` (:class:`LearnedPrompt` or, for ``"cpm"``,
-    :class:`~sd4match_utils.cpm.ConditionalPrompt` with its DINOv2 attached)."""
+    :class:`ConditionalPrompt` with its DINOv2 attached)."""
     if settings.prompt_type == "cpm":
-        from .cpm import ConditionalPrompt
         from .dino import DinoFeatures
 
         dino = DinoFeatures(settings.dino, device=sd.device, cache_dir=settings.dino_cache)
@@ -182,12 +181,12 @@ def make_prompt(settings: TrainSettings, sd, categories: list[str]):
     return LearnedPrompt.initialise(sd, settings.prompt_type, cats, settings.n_tokens, settings.init, settings.seed)
 
 
-def validate(sd, prompt: LearnedPrompt, dataset, extractor: FeatureExtractor, limit: int | None = None) -> float:
+def validate(sd, prompt: Conditioning, dataset, extractor: FeatureExtractor, limit: int | None = None) -> float:
     """nn-PCK@0.1 (per image, resized space, percent) of ``prompt`` on ``dataset``."""
-    from .evaluate import LearnedPromptConditioning, predict
+    from .evaluate import predict
     from .metrics import pck_records
 
-    df = predict(dataset, extractor, LearnedPromptConditioning(sd, prompt), ["nn"], extractor.layers[0], limit,
+    df = predict(dataset, extractor, make_conditioning(sd, prompt), ["nn"], extractor.layers[0], limit,
                  progress=False)
     recs = pck_records(df, alphas=(0.1,), spaces=("resized",), img_size=dataset.img_size, by_category=False)
     return next(r["pck"] for r in recs if r["averaging"] == "per_image")
@@ -224,6 +223,10 @@ class Trainer:
         from .evaluate import apply_recommended
 
         self.sd = sd if sd is not None else load_sd(settings.model, self.device, settings.precision)
+        if settings.precision == "auto":  # record what it resolved to (the model's own precision)
+            from dataclasses import replace
+
+            settings = replace(settings, precision=self.sd.identity.get("precision") or "auto")
         settings = self.s = apply_recommended(settings, self.sd.recommended, timestep_key="train_timestep")
         if settings.layer not in range(len(self.sd.unet.up_blocks)):
             raise ValueError(f"layer must be an up-block index 0-{len(self.sd.unet.up_blocks) - 1}, "

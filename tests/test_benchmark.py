@@ -21,7 +21,7 @@ SETTINGS = dict(ensemble=1, limit=3, img_size=128, matchers=("kernel_softmax", "
 @pytest.fixture(scope="module")
 def cpm_file(tiny_sd, tmp_path_factory):
     """An (untrained) CPM prompt file for the tiny model."""
-    from sd4match_utils.cpm import ConditionalPrompt
+    from sd4match_utils.conditioning import ConditionalPrompt
     from sd4match_utils.dino import DinoFeatures
 
     path = tmp_path_factory.mktemp("cpm") / "cpm_run" / "prompt_best.safetensors"
@@ -113,7 +113,7 @@ def test_second_call_reuses_without_loading_the_model(bench, monkeypatch):
 
 
 def test_changed_settings_or_prompt_content_are_recomputed_and_killed_runs_resume(tiny_sd, synthetic_roots, tmp_path):
-    from sd4match_utils.prompts import LearnedPrompt
+    from sd4match_utils.conditioning import LearnedPrompt
 
     prompt = tmp_path / "single" / "prompt_best.safetensors"
     LearnedPrompt.initialise(tiny_sd, "single", seed=0).save(prompt, tiny_sd)
@@ -353,7 +353,7 @@ def test_prediction_changes_and_summary():
 
 
 def test_initial_cpm_reproduces_the_training_start(tiny_sd):
-    from sd4match_utils.cpm import ConditionalPrompt
+    from sd4match_utils.conditioning import ConditionalPrompt
     from sd4match_utils.dino import DinoFeatures
 
     start = ConditionalPrompt.initialise(tiny_sd, DinoFeatures("tiny"), n_global=5, n_cond=10, seed=4)
@@ -364,7 +364,7 @@ def test_initial_cpm_reproduces_the_training_start(tiny_sd):
 
 def test_figures_are_written(bench, results, tiny_sd, cpm_file, tmp_path):
     from sd4match_utils.data import load_dataset
-    from sd4match_utils.prompts import load_prompt
+    from sd4match_utils.conditioning import load_prompt
 
     runs = bench["runs"]
     flags = bm.flag_table(runs, n_boot=0)

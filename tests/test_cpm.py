@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 
 from sd4match_utils.cli import main
-from sd4match_utils.cpm import CPM_KEYS, ConditionalPrompt
+from sd4match_utils.conditioning import (CATEGORY_ALIASES, CPM_KEYS, ConditionalPrompt, LearnedPrompt,
+                                         encode_embeddings, load_prompt, resolve_category, write_prompt_file)
 from sd4match_utils.data import load_dataset, load_rgb
 from sd4match_utils.dino import DinoFeatures
-from sd4match_utils.prompts import (CATEGORY_ALIASES, LearnedPrompt, encode_embeddings, load_prompt,
-                                    resolve_category, write_prompt_file)
 from sd4match_utils.train import Trainer, TrainSettings, train
 
 IMG = 128  # small images keep CPU tests fast; the code path is the one used at 768

@@ -201,3 +201,16 @@ def test_invalid_settings(tmp_path: Path):
     with pytest.raises(ValueError, match="categories"):
         generate_spair(tmp_path, categories=("giraffe",))
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_synthetic_command_writes_a_test_split_of_n_pairs(tmp_path):
+    from sd4match_utils.cli import main
+
+    assert main(["synthetic", "--out", str(tmp_path), "--test-pairs", "50"]) == 0
+    assert len((tmp_path / "SPair-71k" / "Layout" / "large" / "test.txt").read_text().splitlines()) == 50
+    assert len((tmp_path / "PF-Pascal" / "test_pairs.csv").read_text().splitlines()) == 51  # + header
+    willow = len((tmp_path / "PF-Willow" / "test_pairs.csv").read_text().splitlines()) - 1
+    assert 50 <= willow < 50 + 9  # rounded up to a whole number per sub-class
+    spair = load_dataset("spair", tmp_path / "SPair-71k", "test")
+    assert {s for s in spair.categories} == set(SYNTHETIC_CATEGORIES)
+    assert main(["synthetic", "--out", str(tmp_path / "x"), "--test-pairs", "0"]) == 2

@@ -131,7 +131,7 @@ def test_extract_rejects_bad_layers(tmp_path, capsys):
 
 def test_evaluate_and_extract_with_a_learned_prompt(tiny_sd, synthetic_roots, tmp_path, capsys):
     from sd4match_utils.data import load_dataset
-    from sd4match_utils.prompts import LearnedPrompt
+    from sd4match_utils.conditioning import LearnedPrompt
 
     cats = load_dataset("spair", synthetic_roots["spair"], "trn").categories
     path = LearnedPrompt.initialise(tiny_sd, "class", cats, seed=2).save(tmp_path / "class.safetensors", tiny_sd)

@@ -79,7 +79,7 @@ def test_features_do_not_depend_on_the_other_images_of_a_call(tiny_sd, synthetic
     import torch
 
     from sd4match_utils.features import FeatureExtractor
-    from sd4match_utils.prompts import encode_text
+    from sd4match_utils.conditioning import encode_text
 
     ds = load_dataset("spair", synthetic_roots["spair"], "test", 128)
     images = [ds[i].src_image for i in range(3)] + [ds[i].trg_image for i in range(3)]

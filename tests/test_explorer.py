@@ -119,7 +119,7 @@ def test_plot_explorer(feats):
 
 
 def test_pair_features_and_explorer_widget(tiny_sd, synthetic_roots, tmp_path):
-    from sd4match_utils.prompts import LearnedPrompt
+    from sd4match_utils.conditioning import LearnedPrompt
 
     ds = load_dataset("spair", synthetic_roots["spair"], "test", img_size=128)
     sample = ds[0]

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sd4match_utils.conditioning import encode_text
 from sd4match_utils.features import (FeatureExtractor, add_noise, feature_shapes, image_key, preprocess,
                                      unet_readout)
-from sd4match_utils.prompts import encode_text
 
 
 def _images(n=3, seed=0):

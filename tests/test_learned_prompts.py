@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from sd4match_utils.conditioning import (LearnedPrompt, encode_embeddings, encode_text, frame_rows,
+                                         random_vocab_init, token_embeddings)
 from sd4match_utils.models import load_sd
-from sd4match_utils.prompts import (LearnedPrompt, encode_embeddings, encode_text, frame_rows, random_vocab_init,
-                                    token_embeddings)
 
 
 def test_own_embeddings_reproduce_the_encoder_output(tiny_sd):

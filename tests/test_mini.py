@@ -9,7 +9,8 @@ import torch
 
 from sd4match_utils.data import load_dataset
 from sd4match_utils.data.synthetic import SYNTHETIC_CATEGORIES, _rng, render_instance
-from sd4match_utils.evaluate import _pair_rows, make_conditioning
+from sd4match_utils.conditioning import make_conditioning
+from sd4match_utils.evaluate import _pair_rows
 from sd4match_utils.features import FeatureExtractor
 from sd4match_utils.matching import match_all
 from sd4match_utils.metrics import pck_records

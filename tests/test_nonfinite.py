@@ -12,10 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sd4match_utils.cli import main
-from sd4match_utils.cpm import ConditionalPrompt
+from sd4match_utils.conditioning import ConditionalPrompt, LearnedPrompt, frame_rows, import_official, load_prompt
 from sd4match_utils.features import FeatureExtractor, NonFiniteFeaturesError
-from sd4match_utils.official import import_official
-from sd4match_utils.prompts import LearnedPrompt, frame_rows, load_prompt
 
 
 def _image(seed=0, size=(80, 72)):

@@ -3,7 +3,6 @@
 photos)."""
 
 import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -36,24 +35,8 @@ def test_ipynb_matches_its_percent_script_and_is_clean():
             "train_steps", "out_dir", "run_dir"} <= names
 
 
-@pytest.fixture
-def python3_kernel(tmp_path, monkeypatch):
-    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
-    pytest.importorskip("ipykernel")
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (ipykernel)", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    return "python3"
-
-
 @pytest.mark.slow
-def test_notebook_00_runs_with_papermill(tmp_path, python3_kernel):
-    papermill = pytest.importorskip("papermill")
+def test_notebook_00_runs_with_papermill(tmp_path, run_notebook):
     from sd4match_utils.data import ensure_synthetic, write_example
 
     roots = ensure_synthetic(tmp_path / "synthetic")
@@ -62,13 +45,11 @@ def test_notebook_00_runs_with_papermill(tmp_path, python3_kernel):
     params = dict(data_root=str(roots["spair"]), custom_root=str(tmp_path / "photos"), out_dir=str(out_dir),
                   run_dir=str(tmp_path / "runs"), img_size=128, ensemble=1, custom_img_size=128, train_steps=1,
                   train_batch=1)
-    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
-                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
-                               execution_timeout=300)
+    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
 
-    summary = json.loads((out_dir / "00_summary_tiny_spair.json").read_text())
+    summary = json.loads((out_dir / "00_summary_mini_spair.json").read_text())
     assert {k: summary["settings"][k] for k in params} == params
-    assert summary["settings"]["img_size_used"] == 128 and summary["model"]["model"] == "tiny"
+    assert summary["settings"]["img_size_used"] == 128 and summary["model"]["model"] == "mini"
     assert set(summary["click"]) == {"empty", "text"}
     for r in summary["click"].values():
         assert len(r["topk"]) == 5 and all(0 <= v <= 127 for v in r["pred_xy"])

@@ -6,7 +6,6 @@ runs another Python.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -41,38 +40,17 @@ def test_ipynb_matches_its_percent_script_and_is_clean():
             "img_size", "precision", "device", "seed", "out_dir"} <= names
 
 
-@pytest.fixture
-def python3_kernel(tmp_path, monkeypatch):
-    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
-    pytest.importorskip("ipykernel")
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (ipykernel)", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
-    return "python3"
-
-
 @pytest.mark.slow
-def test_notebook_01_runs_with_papermill(tmp_path, python3_kernel):
-    papermill = pytest.importorskip("papermill")
+def test_notebook_01_runs_with_papermill(tmp_path, run_notebook):
     from sd4match_utils.data import ensure_synthetic
 
     roots = ensure_synthetic(tmp_path / "synthetic")
     out_dir = tmp_path / "figures"
     params = dict(data_root=str(roots["spair"]), out_dir=str(out_dir), n_pairs=2, layers=[0, 1, 2, 3],
                   timesteps=[50, 261], prompts=["empty", "text"], ensemble=1, img_size=256, n_pca_images=2)
-    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
-                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
-                               execution_timeout=300)
+    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
 
-    metrics_path = out_dir / "01_metrics_tiny_spair.json"
+    metrics_path = out_dir / "01_metrics_mini_spair.json"
     assert metrics_path.is_file()
     metrics = json.loads(metrics_path.read_text())
     records = metrics["sweep"]
@@ -84,12 +62,12 @@ def test_notebook_01_runs_with_papermill(tmp_path, python3_kernel):
     assert all(r["alpha"] == pytest.approx(0.1) and r["n_pairs"] == 2 for r in records)
     assert {k: metrics["settings"][k] for k in params} == params
     assert metrics["settings"]["img_size_used"] == 256
-    assert metrics["model"]["model"] == "tiny" and metrics["model"]["fingerprint"]
+    assert metrics["model"]["model"] == "mini" and metrics["model"]["fingerprint"]
     assert metrics["dataset"]["name"] == "spair" and metrics["dataset"]["split"] == "test"
     assert metrics["dataset"]["synthetic"] is False  # a data_root was given, so the names carry no suffix
     assert "torch" in metrics["provenance"]
-    for name in ("01_pca_tiny_spair.png", "01_similarity_tiny_spair.png", "01_matches_tiny_spair.png",
-                 "01_pck_layer_timestep_tiny_spair.png"):
+    for name in ("01_pca_mini_spair.png", "01_similarity_mini_spair.png", "01_matches_mini_spair.png",
+                 "01_pck_layer_timestep_mini_spair.png"):
         data = (out_dir / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         assert name in metrics["figures"].values()

@@ -5,7 +5,6 @@ interpreter (so a stray user-level ``python3`` kernel running another Python can
 """
 
 import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -43,39 +42,21 @@ def test_ipynb_matches_its_percent_script_and_is_clean():
             "precision", "cpu_threads", "out_dir", "runs_dir"} <= names
 
 
-@pytest.fixture
-def python3_kernel(tmp_path, monkeypatch):
-    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
-    pytest.importorskip("ipykernel")
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (ipykernel)", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    return "python3"
-
-
 @pytest.mark.slow
-def test_notebook_02_runs_with_papermill(tmp_path, python3_kernel, synthetic_roots):
-    papermill = pytest.importorskip("papermill")
+def test_notebook_02_runs_with_papermill(tmp_path, run_notebook, synthetic_roots):
     out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"
     params = dict(data_root=str(synthetic_roots["spair"]), out_dir=str(out_dir), runs_dir=str(runs_dir),
                   img_size=128, train_steps=1, batch_size=1, ensemble=1, val_limit=1, test_limit=2,
                   ablate_lengths=[4, 75], ablate_inits=["random", "text"], ablate_lrs=[0.01],
                   ablate_train_timesteps=[261], ablate_test_timesteps=[50, 261], cpu_threads=1)
-    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
-                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
-                               execution_timeout=300)
+    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
 
-    metrics = json.loads((out_dir / "02_metrics_tiny_spair.json").read_text())
+    metrics = json.loads((out_dir / "02_metrics_mini_spair.json").read_text())
     for key in ("comparison", "training", "training_curves", "ablations", "settings", "runs", "model", "dataset",
                 "figures", "provenance"):
         assert metrics[key], key
     assert {k: metrics["settings"][k] for k in params} == params
-    assert metrics["settings"]["img_size_used"] == 128 and metrics["model"]["model"] == "tiny"
+    assert metrics["settings"]["img_size_used"] == 128 and metrics["model"]["model"] == "mini"
 
     comparison = metrics["comparison"]
     assert [p for p in dict.fromkeys(r["prompt"] for r in comparison)] == ["empty", "text", "single", "class"]
@@ -102,7 +83,7 @@ def test_notebook_02_runs_with_papermill(tmp_path, python3_kernel, synthetic_roo
     assert all(r["reused"] for r in ablations["lr"]) and all(r["reused"] for r in ablations["test_timestep"])
     assert {r["run"] for r in ablations["lr"]} == {training["single"]["run"]}
 
-    for name in ("02_prompts_tiny_spair.png", "02_training_tiny_spair.png", "02_ablations_tiny_spair.png"):
+    for name in ("02_prompts_mini_spair.png", "02_training_mini_spair.png", "02_ablations_mini_spair.png"):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert name in metrics["figures"].values()
     assert not list(out_dir.glob(".*tmp"))  # atomic writes left nothing behind

@@ -6,7 +6,6 @@ interpreter (see ``test_notebook_01.py``).
 """
 
 import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -41,34 +40,15 @@ def test_ipynb_matches_its_percent_script_and_is_clean():
             "n_global", "n_cond", "test_limit", "ensemble", "seed", "out_dir", "runs_dir"} <= names
     values = {}
     exec(params[0].source, {}, values)  # noqa: S102 - our own literals
-    assert (values["model"], values["dataset"], values["data_root"], values["dino"]) == ("tiny", "pfpascal", "", "")
+    assert (values["model"], values["dataset"], values["data_root"], values["dino"]) == ("mini", "pfpascal", "", "")
     assert (values["lr"], values["lr_linear"], values["n_global"], values["n_cond"]) == (1e-2, 1e-3, 25, 50)
     assert (values["out_dir"], values["runs_dir"]) == ("../figures", "../runs/03")
     text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "random" in text and "0.09 s" in text and "facebook/dinov2-base" in text  # the closing notes
 
 
-@pytest.fixture
-def python3_kernel(tmp_path, monkeypatch):
-    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
-    pytest.importorskip("ipykernel")
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (ipykernel)", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
-    return "python3"
-
-
 @pytest.mark.slow
-def test_notebook_03_runs_with_papermill(tmp_path, python3_kernel):
-    papermill = pytest.importorskip("papermill")
+def test_notebook_03_runs_with_papermill(tmp_path, run_notebook):
     from sd4match_utils.data import ensure_synthetic
 
     roots = ensure_synthetic(tmp_path / "synthetic")
@@ -76,13 +56,11 @@ def test_notebook_03_runs_with_papermill(tmp_path, python3_kernel):
     params = dict(data_root=str(roots["pfpascal"]), willow_root=str(roots["pfwillow"]), img_size=128,
                   train_steps=1, batch_size=2, val_limit=2, test_limit=3, ensemble=1, n_change_pairs=1,
                   out_dir=str(out_dir), runs_dir=str(runs_dir))
-    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
-                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
-                               execution_timeout=300)
+    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
 
-    metrics = json.loads((out_dir / "03_metrics_tiny_pfpascal.json").read_text())
+    metrics = json.loads((out_dir / "03_metrics_mini_pfpascal.json").read_text())
     assert {k: metrics["settings"][k] for k in params} == params
-    assert metrics["settings"]["dino_used"] == "tiny" and metrics["settings"]["img_size_used"] == 128
+    assert metrics["settings"]["dino_used"] == "mini" and metrics["settings"]["img_size_used"] == 128
 
     # the three prompts trained with one budget, into runs_dir
     training = {r["prompt"]: r for r in metrics["training"]}
@@ -118,7 +96,7 @@ def test_notebook_03_runs_with_papermill(tmp_path, python3_kernel):
     assert summary[0]["net"] == summary[0]["fixed"] - summary[0]["broken"]
 
     for what in ("training", "cpm_gate", "categories", "willow", "cpm_vs_class"):
-        name = f"03_{what}_tiny_pfpascal.png"
+        name = f"03_{what}_mini_pfpascal.png"
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert metrics["figures"][what] == name
     assert not list(out_dir.glob(".*tmp"))

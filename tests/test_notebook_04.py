@@ -7,7 +7,6 @@ interpreter (see ``test_notebook_01.py``).
 """
 
 import json
-import sys
 from pathlib import Path
 
 import nbformat
@@ -42,36 +41,18 @@ def test_ipynb_matches_its_percent_script_and_is_clean():
     exec(params[0].source, {}, values)  # noqa: S102 - our own literals
     assert values["prompts"] == ["empty", "text"]
     assert values["datasets"] == {"spair": "", "pfpascal": "", "pfwillow": ""}
-    # the paper's protocol, except the documented CPU-sized ensemble, limit and size of the tiny default
-    assert (values["layer"], values["timestep"], values["report_matcher"]) == (1, 50, "kernel_softmax")
+    # the paper's protocol, except the documented CPU-sized ensemble, limit and size of the embedded default
+    # layer / timestep -1: the model's recommended read-out, which is the paper's for SD 2-1
+    assert (values["layer"], values["timestep"], values["report_matcher"]) == (-1, -1, "kernel_softmax")
     assert values["alphas"] == [0.05, 0.1, 0.15] and values["matchers"] == "all"
     assert (values["out_dir"], values["runs_dir"]) == ("../figures", "../runs/04")
     text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "ensemble = 2" in text and "paper's 8" in text and "0.057 s" in text and "not comparable" in text
 
 
-@pytest.fixture
-def python3_kernel(tmp_path, monkeypatch):
-    """A ``python3`` kernel spec for this interpreter, found first through ``JUPYTER_PATH``."""
-    pytest.importorskip("ipykernel")
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (ipykernel)", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setenv("MPLBACKEND", "agg")
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
-    return "python3"
-
-
 @pytest.mark.slow
-def test_notebook_04_runs_with_papermill(tmp_path, python3_kernel, tiny_sd):
-    papermill = pytest.importorskip("papermill")
-    from sd4match_utils.cpm import ConditionalPrompt
+def test_notebook_04_runs_with_papermill(tmp_path, run_notebook, tiny_sd):
+    from sd4match_utils.conditioning import ConditionalPrompt
     from sd4match_utils.data import ensure_synthetic
     from sd4match_utils.dino import DinoFeatures
 
@@ -79,12 +60,10 @@ def test_notebook_04_runs_with_papermill(tmp_path, python3_kernel, tiny_sd):
     cpm = tmp_path / "trained" / "cpm_demo" / "prompt_best.safetensors"  # a CPM prompt file, as training writes
     ConditionalPrompt.initialise(tiny_sd, DinoFeatures("tiny"), seed=1).save(cpm, tiny_sd)
     out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"
-    params = dict(prompts=["empty", "text", str(cpm)], datasets={d: str(r) for d, r in roots.items()},
+    params = dict(model="tiny", prompts=["empty", "text", str(cpm)], datasets={d: str(r) for d, r in roots.items()},
                   ensemble=1, limit=2, img_size=128, n_boot=100, n_show=1, out_dir=str(out_dir),
                   runs_dir=str(runs_dir))
-    papermill.execute_notebook(str(IPYNB), str(tmp_path / "executed.ipynb"), parameters=params,
-                               kernel_name=python3_kernel, cwd=str(NOTEBOOKS), progress_bar=False,
-                               execution_timeout=300)
+    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
 
     tag = "tiny_spair-pfpascal-pfwillow-synthetic"  # the given roots are the generator's folders
     metrics = json.loads((out_dir / f"04_metrics_{tag}.json").read_text())

@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from sd4match_utils.cli import main
-from sd4match_utils.cpm import CPM_KEYS, ConditionalPrompt
+from sd4match_utils.conditioning import (CPM_KEYS, ConditionalPrompt, LearnedPrompt, encode_embeddings, frame_rows,
+                                         import_official, load_official, load_prompt)
 from sd4match_utils.data import load_dataset
 from sd4match_utils.dino import DinoFeatures
-from sd4match_utils.official import import_official, load_official
-from sd4match_utils.prompts import LearnedPrompt, encode_embeddings, frame_rows, load_prompt
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +184,7 @@ def test_caption_import_without_model(tiny_sd, tmp_path, monkeypatch, capsys):
 
     from safetensors import safe_open
 
-    from sd4match_utils.official import UNKNOWN_MODEL
+    from sd4match_utils.conditioning import UNKNOWN_MODEL
 
     bos, eos, _ = frame_rows(tiny_sd, 75)
     g = torch.Generator().manual_seed(1)

@@ -23,7 +23,8 @@ def test_environment_yml_mirrors_pyproject():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     assert pip_section[-1] == "-e .[dev]", "the environment installs the package itself with its dev extra"
-    listed = {_name(r): r.replace(" ", "") for r in pip_section[:-1]}
+    assert pip_section[0] == "-c constraints.txt", "the environment installs the locked versions"
+    listed = {_name(r): r.replace(" ", "") for r in pip_section[1:-1]}
     assert listed.keys() == wanted.keys()
     for name, spec in wanted.items():
         if name != "torch":
@@ -35,6 +36,31 @@ def test_environment_yml_mirrors_pyproject():
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     minimum = re.search(r">=\s*([\d.]+)", project["requires-python"]).group(1)
     assert tuple(map(int, python.split("=")[1].split("."))) >= tuple(map(int, minimum.split(".")))
+
+
+def test_installed_versions_match_the_lock():
+    """The environment the suite runs in is the locked one (``constraints.txt``, refreshed by ``make lock``), and
+    the lock satisfies pyproject's ranges."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            pins[_name(name)] = pinned.strip()
+    assert {"diffusers", "transformers", "accelerate", "safetensors", "huggingface_hub", "papermill"} <= set(pins)
+    assert "torch" not in pins, "torch is pinned once, in the Makefile (the CPU wheel)"
+    for name, pinned in pins.items():
+        try:
+            assert version(name) == pinned, f"{name} {version(name)} is installed, the lock says {pinned}"
+        except PackageNotFoundError:
+            pass  # a platform-specific package of the machine the lock was written on
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in map(Requirement, project["dependencies"] + project["optional-dependencies"]["dev"]):
+        if req.name != "torch":
+            assert pins[_name(req.name)] in req.specifier, f"the lock's {req.name} {pins[_name(req.name)]} is not {req}"
 
 
 def test_there_are_notebooks():
@@ -76,3 +102,67 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_one():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     targets = re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
     assert {"demo", "test", "setup", "figures", "lab"} <= set(targets)
+
+
+# ------------------------------------------------------------------------------------------------- imports
+
+PACKAGE = ROOT / "sd4match_utils"
+
+
+def _module_imports() -> dict[str, list[tuple[str, list[str], int]]]:
+    """``module → [(imported module, imported names, line)]`` for every ``from .x import`` / ``from
+    sd4match_utils.x import`` / ``import sd4match_utils.x`` statement of the package, function-level ones included."""
+    import ast
+
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if is_package else parts)
+        here = name.split(".") if is_package else name.split(".")[:-1]  # the package relative imports start from
+        found[name] = []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                found[name].append((target, [a.name for a in node.names], node.lineno))
+            elif isinstance(node, ast.Import):
+                found[name].extend((a.name, [], node.lineno) for a in node.names)
+    return found
+
+
+def test_no_import_cycles():
+    imports = _module_imports()
+    modules = set(imports)
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for module, entries in imports.items():
+        for target, names, _ in entries:
+            # ``from .pkg import sub`` imports the submodule ``pkg.sub``; ``from .mod import name`` the module itself
+            for dep in [target, *(f"{target}.{n}" for n in names)]:
+                if dep in modules and dep != module:
+                    edges[module].add(dep)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(edges[module]):
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep]
+                pytest.fail("import cycle: " + " → ".join(cycle))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[module] = 2
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_conditioning_imports_no_private_names():
+    """Neither the conditioning package nor its importers reach for another module's private (``_``) names."""
+    bad = []
+    for module, entries in _module_imports().items():
+        for target, names, line in entries:
+            if "conditioning" in module or "conditioning" in target:
+                bad += [f"{module}:{line} imports {target}.{n}" for n in names if n.startswith("_")]
+    assert not bad, bad

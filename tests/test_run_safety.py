@@ -198,7 +198,7 @@ def test_bad_prompt_file(synthetic_roots, tmp_path, capsys, no_model, case):
 
 
 def test_bad_prompt_file_is_named_by_the_library_too(tiny_sd, tmp_path):
-    from sd4match_utils.prompts import load_prompt
+    from sd4match_utils.conditioning import load_prompt
 
     path = _prompt_file(tmp_path / "p.safetensors", {"embedding": torch.zeros(1, 75, 64)},
                         {"format": "sd4match-prompt", "kind": "single", "text_dim": "64", "categories": "null"})
@@ -275,7 +275,7 @@ def test_train_refuses_to_overwrite_a_run(tiny_sd, synthetic_roots, tmp_path, ca
     assert main(_train(synthetic_roots["spair"], out, "--resume", "--overwrite")) == 2
     _one_line_error(capsys, "--resume", "--overwrite")
     assert main(_train(synthetic_roots["spair"], out, "--overwrite")) == 0
-    from sd4match_utils.prompts import LearnedPrompt
+    from sd4match_utils.conditioning import LearnedPrompt
 
     assert LearnedPrompt.load(out / "prompt_best.safetensors", tiny_sd).kind == "single"
     assert (out / "log.csv").read_text().startswith("kind,step,epoch")

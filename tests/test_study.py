@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sd4match_utils import study
+from sd4match_utils.conditioning import make_conditioning
 from sd4match_utils.data import ensure_synthetic, load_dataset
-from sd4match_utils.evaluate import FixedPromptConditioning, predict
+from sd4match_utils.evaluate import predict
 from sd4match_utils.features import FeatureExtractor
 from sd4match_utils.matching import match_all
 
@@ -158,7 +159,7 @@ def test_sweep_reuses_features_and_agrees_with_predict(tiny_sd, spair, monkeypat
 
     # layer 1 at t = 50 with the text prompt equals the single-layer evaluation path
     fx = FeatureExtractor(tiny_sd, layers=(1,), timestep=50, ensemble=2, img_size=IMG, seed=0)
-    ref = predict(spair, fx, FixedPromptConditioning(tiny_sd, "text"), ["kernel_softmax", "nn"], layer=1,
+    ref = predict(spair, fx, make_conditioning(tiny_sd, "text"), ["kernel_softmax", "nn"], layer=1,
                   limit=max(idx) + 1, progress=False)
     ref = ref[ref.pair_id.isin([spair.entries[i].pair_id for i in idx])]
     ours = preds[(preds.layer == 1) & (preds.timestep == 50) & (preds.prompt == "text")]

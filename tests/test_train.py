@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from sd4match_utils.cli import main
-from sd4match_utils.prompts import LearnedPrompt
+from sd4match_utils.conditioning import LearnedPrompt
 from sd4match_utils.train import Trainer, TrainSettings, epoch_order, train
 
 IMG = 256  # small images keep CPU tests fast; the code path is the one used at 768

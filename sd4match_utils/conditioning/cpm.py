@@ -1,8 +1,8 @@
 """CPM — the conditional prompting module (SPEC §4): part of the prompt is computed from the image pair.
 
 Prompt rows = ``[BOS | G global tokens | C conditional tokens | EOS]`` (G = 25, C = 50 in the paper, so 77 rows;
-shorter prompts are framed and padded like :class:`~sd4match_utils.prompts.LearnedPrompt`), then the frozen CLIP
-text encoder (:func:`~sd4match_utils.prompts.encode_embeddings`) gives the UNet's ``(B, 77, D)`` conditioning;
+shorter prompts are framed and padded like :class:`~sd4match_utils.conditioning.LearnedPrompt`), then the frozen
+CLIP text encoder (:func:`~sd4match_utils.conditioning.encode_rows`) gives the UNet's ``(B, 77, D)`` conditioning;
 both images of a pair get the same conditioning.
 
 Conditional branch, the paper's "Pair / DINO / Feat" variant, for DINOv2 patch features ``F_s, F_t`` of shape
@@ -38,13 +38,11 @@ import json
 import torch
 import torch.nn.functional as F
 
-from .prompts import N_PROMPT_TOKENS, encode_embeddings, frame_rows, read_prompt_file, write_prompt_file
+from .files import CPM_KEYS, read_prompt_file, write_prompt_file
+from .text import N_PROMPT_TOKENS, encode_rows
 
 CPM_MODES = ("pair", "image")
 CPM_FEATURES = ("patch", "pooled")
-#: ``state_dict()`` keys, identical to the official ``ckpt.pt``.
-CPM_KEYS = ("global_embeds", "positional_embedding", "alpha_cond", "linear_C.weight", "linear_C.bias",
-            "linear_N.weight", "linear_N.bias")
 
 
 def cpm_shapes(text_dim: int, dino_dim: int, n_global: int = 25, n_cond: int = 50, mode: str = "pair",
@@ -57,7 +55,7 @@ def cpm_shapes(text_dim: int, dino_dim: int, n_global: int = 25, n_cond: int = 5
 
 
 class ConditionalPrompt(torch.nn.Module):
-    """The conditional prompting module.
+    """The conditional prompting module, a :class:`~sd4match_utils.conditioning.Conditioning`.
 
     Args:
         text_dim: D, the width of the text encoder (1024 for SD 2-1).
@@ -157,12 +155,7 @@ class ConditionalPrompt(torch.nn.Module):
 
     def forward(self, sd, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
         """Conditioning ``(B, 77, D)`` (text encoder dtype) from DINOv2 features ``(B, N, c)`` of the pairs."""
-        rows = self.rows(src_feats, trg_feats)
-        bos, eos, pad = frame_rows(sd, rows.shape[1])
-        b = rows.shape[0]
-        seq = torch.cat([bos.expand(b, -1, -1), rows.to(bos.device), eos.expand(b, -1, -1),
-                         pad.expand(b, -1, -1)], dim=1)
-        return encode_embeddings(sd.text_encoder, seq)
+        return encode_rows(sd, self.rows(src_feats, trg_feats))
 
     def image_features(self, samples) -> tuple[torch.Tensor, torch.Tensor | None]:
         """DINOv2 features ``(B, N, c)`` of the samples' source and (pair mode) target images."""
@@ -179,15 +172,15 @@ class ConditionalPrompt(torch.nn.Module):
         b = len(samples)
         return feats[:b], (feats[b:] if self.mode == "pair" else None)
 
-    # ------------------------------------------------------------------------- the interface training uses
+    # ------------------------------------------------------------------------- the Conditioning interface
     def condition(self, sd, samples) -> torch.Tensor:
         """Conditioning of a batch of pairs (``PairSample``-like, images already mirrored for flipped rows):
         ``(B, 77, D)``; differentiable with respect to the CPM's parameters only."""
         return self(sd, *self.image_features(samples))
 
-    def cache_key(self, sample) -> str:
+    def key(self, sample) -> str:
         """Conditioning depends on the pair's pixels (not used by evaluation, which conditions every pair)."""
-        from .features import image_key
+        from ..features import image_key
 
         return f"{image_key(sample.src_image)}:{image_key(sample.trg_image)}"
 
@@ -268,8 +261,8 @@ class ConditionalPrompt(torch.nn.Module):
         seed, probe = prompt.dino_info.get("seed", 0), prompt.dino_info.get("probe")
 
         def loader():
-            from .dino import DinoFeatures
-            from .models import same_weights
+            from ..dino import DinoFeatures
+            from ..models import same_weights
 
             features = DinoFeatures(spec, device=sd.device, seed=seed, cache_dir=dino_cache)
             theirs = features.describe()["probe"]
@@ -283,13 +276,18 @@ class ConditionalPrompt(torch.nn.Module):
         return prompt
 
 
+def check_keys(tensors: dict[str, torch.Tensor], keys, source, what: str = "a CPM state dict") -> None:
+    """Raise ``ValueError`` (naming ``source``: "not ``what``") when keys are missing or unexpected."""
+    missing = [k for k in keys if k not in tensors]
+    unexpected = [k for k in tensors if k not in keys]
+    if missing or unexpected:
+        raise ValueError(f"{source}: not {what}: missing keys {missing}, unexpected keys {unexpected} "
+                         f"(expected exactly {list(keys)})")
+
+
 def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source) -> None:
     """Raise ``ValueError`` (naming ``source``) when keys are missing or unexpected, or a shape differs."""
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{source}: not a CPM state dict: missing keys {missing}, unexpected keys {unexpected} "
-                         f"(expected exactly {list(expected)})")
+    check_keys(tensors, list(expected), source)
     bad = [f"{k}: expected {tuple(v)}, found {tuple(tensors[k].shape)}" for k, v in expected.items()
            if tuple(tensors[k].shape) != tuple(v)]
     if bad:

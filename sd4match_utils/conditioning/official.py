@@ -17,19 +17,21 @@ model as :data:`UNKNOWN_MODEL` (no weight probe), so loading it checks the width
 holding NaN or Inf are refused, naming the key.
 
 Both become ``<out>/prompt.safetensors`` (kinds ``cpm``, ``single``, ``class``), loadable with
-:func:`~sd4match_utils.prompts.load_prompt` and usable as ``sd4match evaluate --prompt <out>/prompt.safetensors``.
+:func:`~sd4match_utils.conditioning.load_prompt` and usable as ``sd4match evaluate --prompt <out>/prompt.safetensors``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 
 import torch
 
-from .cpm import CPM_KEYS, ConditionalPrompt, check_tensors, cpm_shapes
-from .prompts import N_PROMPT_TOKENS, LearnedPrompt, check_finite, frame_rows
+from ..cache import file_sha256
+from .cpm import ConditionalPrompt, check_keys, check_tensors, cpm_shapes
+from .files import CPM_KEYS, check_finite
+from .learned import LearnedPrompt
+from .text import N_PROMPT_TOKENS, frame_rows
 
 OFFICIAL_KINDS = ("cpm", "caption")
 SINGLE_KEY = "dataset"
@@ -61,14 +63,6 @@ def load_official(path) -> object:
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cpm_from_state_dict(state: dict, sd, dino: str = "facebook/dinov2-base", features: str = "patch",
                         source="state dict") -> ConditionalPrompt:
     """A :class:`ConditionalPrompt` holding an official CPM state dict, checked against model ``sd`` (``None``:
@@ -81,16 +75,12 @@ def cpm_from_state_dict(state: dict, sd, dino: str = "facebook/dinov2-base", fea
     Raises:
         ValueError: missing or unexpected keys, or shapes that do not fit (expected vs found), naming ``source``.
     """
-    from .dino import dino_dim
+    from ..dino import dino_dim
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source}: expected a state dict of tensors, found {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing = [k for k in CPM_KEYS if k not in state]
-    unexpected = [k for k in state if k not in CPM_KEYS]
-    if missing or unexpected:
-        raise ValueError(f"{source}: not an official CPM checkpoint: missing keys {missing}, unexpected keys "
-                         f"{unexpected} (expected exactly {list(CPM_KEYS)})")
+    check_keys(state, CPM_KEYS, source, "an official CPM checkpoint")
     check_finite(state, source)
     w = state["linear_C.weight"]
     text_dim = sd.text_dim if sd is not None else int(w.shape[0]) if w.ndim else 0
