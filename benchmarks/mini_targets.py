@@ -40,6 +40,10 @@ from sd4match_utils.metrics import pck_records
 from sd4match_utils.models import SDModel, load_sd
 from sd4match_utils.train import TrainSettings, train
 
+import sd4match_utils.dino  # noqa: E402,F401 - every module the run uses, loaded before it starts
+import sd4match_utils.loss  # noqa: E402,F401
+import sd4match_utils.mini  # noqa: E402,F401
+
 
 def headline(df: pd.DataFrame, img_size: int) -> float:
     """PCK@0.1, per image, resized space, all categories."""

@@ -337,7 +337,7 @@ def bench_cpu_path(model: str = "sd21-random", device: str = "cpu", fast_precisi
                 t2 = time.perf_counter()
                 row = {**{k: p[k] for k in ("path", "precision", "channels_last", "compile")}, "img_size": s,
                        "ensemble": e, "seconds_per_image": t2 - t0, "vae_seconds": t1 - t0, "unet_seconds": t2 - t1,
-                       "peak_gib": _peak_gib(dev), "first_image_seconds": first}
+                       "peak_gib": _peak_gib(dev), "first_image_seconds": first, "load_1min": _load_average()}
                 rows.append(row)
                 feats[(p["path"], s, e)] = f.cpu()
                 log(str(row))
@@ -390,7 +390,18 @@ def run_quick(model: str = "sd21-random", device: str = "cpu", fast_precision: s
     else:
         result["model"] = {"model": model}
     result["wall_seconds"] = time.perf_counter() - t
+    result["environment"]["load_average_1min_end"] = _load_average()
     return result
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (other processes competing for the CPUs show up here)."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _dtype(precision: str) -> torch.dtype:
@@ -484,7 +495,10 @@ def render_markdown(result: dict, title: str) -> str:
              f"{timing}; peak memory is GPU memory allocated on CUDA, the process's peak resident memory on the CPU.",
              ""]
     if result.get("wall_seconds") is not None:
-        lines += [f"Whole run: {result['wall_seconds'] / 60:.1f} min.", ""]
+        load = [env.get(k) for k in ("load_average_1min", "load_average_1min_end")]
+        busy = (f" Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (more than the threads used "
+                "means other processes shared the CPUs)." if None not in load else "")
+        lines += [f"Whole run: {result['wall_seconds'] / 60:.1f} min.{busy}", ""]
     rates = result.get("matmul_tflops", {})
     if rates:
         lines += ["Measured dense matmul rate: " + ", ".join(f"{p} {r:.3g} TFLOP/s" for p, r in rates.items()), ""]

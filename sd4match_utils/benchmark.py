@@ -1,22 +1,17 @@
-"""Benchmark evaluation: many prompts × many datasets under the paper's test protocol, as tidy tables.
+"""Benchmark evaluation: many prompts × many datasets under the paper's test protocol, as tidy tables
+(notebooks 03 and 04; the figures are in :mod:`~sd4match_utils.viz`).
 
-This is the logic behind notebooks 04 (benchmark evaluation) and 03 (CPM against Class and Single):
-
-* :func:`run_benchmark` evaluates every ``(dataset, prompt)`` combination with
-  :func:`~sd4match_utils.evaluate.run_evaluation` into ``runs_dir/<dataset>/<prompt name>/``. A finished
-  evaluation with the same settings, data, model and prompt *file content* is reused without loading the model;
-  an interrupted one is resumed from its shards (``resume=True``); one made with other settings is redone.
-  Empty dataset roots stand for the embedded synthetic data.
-* :func:`results_table` → one row per dataset × prompt × matcher × α × averaging × space × category with PCK,
-  its count and a bootstrap confidence interval (:data:`RESULT_COLUMNS`); :func:`flag_table` → the same split
-  by SPair-71k's difficulty flags (:data:`FLAG_COLUMNS`).
-* :func:`load_reference` reads the published numbers shipped with the package (``reference_results.csv``) and
-  :func:`compare_with_reference` puts ours beside them, matched on method, benchmark, category, α and averaging.
-* :func:`pair_table` / :func:`best_worst` → per-pair PCK and the best and worst pairs; :func:`plot_best_worst`.
-* For notebook 03: :func:`initial_cpm`, :func:`plot_cpm_state` (the CPM's gate and token norms before and after
-  training), :func:`prediction_changes` / :func:`change_summary` / :func:`plot_prediction_changes` (where one
-  prompt's answer differs from another's).
-* :func:`markdown_table` renders any table as GitHub Markdown (no extra dependency).
+* :func:`run_benchmark` evaluates every ``(dataset, prompt)`` with :func:`~sd4match_utils.evaluate.run_evaluation`
+  into ``runs_dir/<dataset>/<prompt name>/``, reusing a finished evaluation with the same settings, data, model and
+  prompt *file content*, resuming an interrupted one, redoing one made with other settings. Empty dataset roots
+  stand for the embedded synthetic data.
+* :func:`results_table` (:data:`RESULT_COLUMNS`) and :func:`flag_table` (:data:`FLAG_COLUMNS`, SPair-71k's
+  difficulty flags): PCK with its count and a bootstrap confidence interval; :func:`category_table`,
+  :func:`headline_table` and :func:`select` are views of them.
+* :func:`load_reference` / :func:`compare_with_reference`: the published numbers shipped with the package
+  (``reference_results.csv``) beside ours.
+* :func:`pair_table` / :func:`best_worst`: per-pair PCK and the best and worst pairs;
+  :func:`prediction_changes`: where one prompt's answer differs from another's.
 
 PCK follows SPEC §7: ``resized`` space (the paper's) or ``original`` pixels; ``per_image`` (the paper's number)
 or ``per_point`` averaging; percent (0–100).
@@ -32,60 +27,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from .cache import atomic_write_json, file_sha256
-from .conditioning import FIXED_PROMPTS
-from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, run_evaluation
+from .conditioning import FIXED_PROMPTS, inspect_prompt_file
+from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, parse_matchers, run_evaluation
 from .matching import MATCHERS
 from .metrics import ALPHAS, SPACES, bootstrap_ci, clamp_gt, pck_by_flag, pck_correct, pck_records
-from .viz import plot_matches, save_figure
 
 __all__ = [
-    "BENCHMARK_NAMES",
-    "PCK_METRICS",
-    "SPAIR_FLAGS",
-    "RUN_COLUMNS",
-    "RESULT_COLUMNS",
-    "FLAG_COLUMNS",
-    "PAIR_COLUMNS",
-    "COMPARISON_COLUMNS",
-    "CHANGE_COLUMNS",
-    "REFERENCE_FILE",
-    "REFERENCE_METHODS",
-    "NOT_COMPARABLE",
-    "BenchmarkSettings",
-    "prompt_name",
-    "prompt_kind",
-    "normalise_prompts",
-    "resolve_datasets",
-    "run_tag",
-    "row_label",
-    "run_benchmark",
-    "load_predictions",
-    "results_table",
-    "flag_table",
-    "pair_table",
-    "best_worst",
-    "load_reference",
-    "compare_with_reference",
-    "markdown_table",
-    "select",
-    "category_table",
-    "headline_table",
-    "plot_overview",
-    "plot_matchers",
-    "plot_category_bars",
-    "plot_flags",
-    "plot_best_worst",
-    "initial_cpm",
-    "plot_cpm_state",
-    "prediction_changes",
-    "change_summary",
-    "plot_prediction_changes",
+    "BENCHMARK_NAMES", "CHANGE_COLUMNS", "COMPARISON_COLUMNS", "FLAG_COLUMNS", "NOT_COMPARABLE", "PAIR_COLUMNS",
+    "PCK_METRICS", "REFERENCE_FILE", "REFERENCE_METHODS", "RESULT_COLUMNS", "RUN_COLUMNS", "SPAIR_FLAGS",
+    "BenchmarkSettings", "best_worst", "category_table", "compare_with_reference", "flag_table", "headline_table",
+    "load_predictions", "load_reference", "normalise_prompts", "pair_table", "prediction_changes", "prompt_kind",
+    "prompt_name", "resolve_datasets", "results_table", "row_label", "run_benchmark", "run_tag", "select",
 ]
 
 #: Dataset key → benchmark name used in the reference table.
@@ -126,28 +82,13 @@ _SETTINGS_NOT_IN_KEY = ("cache_dir", "dino_cache", "batch_size")
 _SIDE_FILE = "benchmark.json"
 
 
-# --------------------------------------------------------------------------------------------------------------
-# settings and names
-# --------------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class BenchmarkSettings:
-    """The protocol every ``(dataset, prompt)`` evaluation shares. Defaults are the paper's test settings (SPEC §2,
-    §6, §7): ``up_blocks[1]``, t = 50, 8 noise copies, all test pairs; ``matchers`` lists every matcher (the paper
-    reports ``kernel_softmax``).
-
-    Attributes:
-        model: ``"tiny"``, a hub id or a diffusers folder.
-        split: the split evaluated (``"test"``).
-        layer, timestep, ensemble: the feature read-out.
-        matchers: names from :data:`~sd4match_utils.matching.MATCHERS`, or ``("all",)``.
-        limit: evaluate only the first ``limit`` pairs of each dataset (``None``: all).
-        seed: feature seed (latent sample and noise, per image).
-        img_size: square resize (``None``: the model's native size, 768 for SD 2-1).
-        latent, precision, device, batch_size, cache_dir: as in :class:`~sd4match_utils.evaluate.EvalSettings`.
-        dino, dino_cache: CPM prompts: a DINOv2 overriding the one recorded in the file, and a feature cache.
-    """
+    """The protocol every ``(dataset, prompt)`` evaluation shares; defaults are the paper's test settings (SPEC §2,
+    §6, §7: ``up_blocks[1]``, t = 50, 8 noise copies, all test pairs). ``matchers``: names from
+    :data:`~sd4match_utils.matching.MATCHERS`, a comma list or ``"all"``; ``limit``: the first pairs of each
+    dataset (``None``: all); ``img_size``: ``None`` is the model's native size; ``dino`` / ``dino_cache``: CPM
+    prompts' DINOv2 override and feature cache; the rest as in :class:`~sd4match_utils.evaluate.EvalSettings`."""
 
     model: str = "tiny"
     split: str = "test"
@@ -167,12 +108,8 @@ class BenchmarkSettings:
     dino_cache: str | None = None
 
     def __post_init__(self):
-        matchers = self.matchers.split(",") if isinstance(self.matchers, str) else list(self.matchers)
-        matchers = [m.strip() for m in matchers if m.strip()]
-        self.matchers = tuple(MATCHERS) if matchers in (["all"], []) else tuple(matchers)
-        bad = [m for m in self.matchers if m not in MATCHERS]
-        if bad:
-            raise ValueError(f"unknown matcher(s) {bad}; expected 'all' or some of {list(MATCHERS)}")
+        names = self.matchers.split(",") if isinstance(self.matchers, str) else list(self.matchers)
+        self.matchers = tuple(parse_matchers([m.strip() for m in names if m.strip()] or "all"))
         self.limit = int(self.limit) if self.limit else None
         self.img_size = int(self.img_size) if self.img_size else None
 
@@ -181,12 +118,9 @@ class BenchmarkSettings:
         prompt file made absolute, so a run started from another folder still finds and reuses its work)."""
         if str(prompt) not in FIXED_PROMPTS:
             prompt = str(Path(prompt).expanduser().resolve())
-        return EvalSettings(
-            dataset=dataset, data_root=str(Path(data_root).expanduser().resolve()), split=self.split,
-            model=self.model, prompt=prompt, layer=self.layer, timestep=self.timestep, ensemble=self.ensemble,
-            matchers=list(self.matchers), limit=self.limit, seed=self.seed, img_size=self.img_size,
-            latent=self.latent, precision=self.precision, device=self.device, batch_size=self.batch_size,
-            cache_dir=self.cache_dir, dino=self.dino, dino_cache=self.dino_cache)
+        settings = {k: v for k, v in asdict(self).items() if k != "matchers"}
+        return EvalSettings(dataset=dataset, data_root=str(Path(data_root).expanduser().resolve()), prompt=prompt,
+                            matchers=list(self.matchers), **settings)
 
 
 def _safe(text: str) -> str:
@@ -208,28 +142,10 @@ def prompt_name(spec: str | Path) -> str:
 
 def prompt_kind(spec: str | Path) -> str:
     """``"empty"`` / ``"text"`` for fixed prompts, else the ``kind`` a prompt file records (``single``, ``class``,
-    ``cpm``), read from its metadata without loading a model.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: not a prompt file.
-    """
+    ``cpm``), read from its header (:func:`~sd4match_utils.conditioning.inspect_prompt_file`) without loading a
+    model. Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for one that is not a prompt file."""
     spec = str(spec)
-    if spec in FIXED_PROMPTS:
-        return spec
-    from safetensors import safe_open
-
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: prompt file not found (prompts are 'empty', 'text' or .safetensors files)")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: not a readable prompt file ({e})") from e
-    if meta.get("format") != "sd4match-prompt":
-        raise ValueError(f"{path}: not an sd4match prompt file (format={meta.get('format')!r})")
-    return meta.get("kind", "unknown")
+    return spec if spec in FIXED_PROMPTS else inspect_prompt_file(Path(spec).expanduser()).get("kind", "unknown")
 
 
 def normalise_prompts(prompts: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
@@ -292,20 +208,14 @@ def run_tag(model: str, synthetic: Mapping[str, bool]) -> str:
 
 def row_label(model: str, prompt: str, synthetic: bool) -> str:
     """How our rows are labelled next to published numbers: ``"<model> · <prompt>"``, plus a clear warning when the
-    numbers come from the embedded default (tiny random weights and / or synthetic data)."""
+    numbers come from an embedded model (tiny, mini) and / or synthetic data."""
     label = f"{model} · {prompt}"
-    if model == "tiny" and synthetic:
-        return f"{label} [{NOT_COMPARABLE}]"
-    if model == "tiny":
-        return f"{label} [tiny (random weights) — not comparable]"
+    embedded = {"tiny": "tiny (random weights)", "mini": "mini (embedded model)"}.get(model)
+    if embedded:
+        return f"{label} [{embedded}{', synthetic data' if synthetic else ''} — not comparable]"
     if synthetic:
         return f"{label} [synthetic data — not comparable]"
     return label
-
-
-# --------------------------------------------------------------------------------------------------------------
-# running (with reuse)
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _run_key(es: EvalSettings) -> dict:
@@ -425,136 +335,80 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
     return df
 
 
-# --------------------------------------------------------------------------------------------------------------
-# tables
-# --------------------------------------------------------------------------------------------------------------
-
-
 def _runs_iter(runs: pd.DataFrame, model: str | None):
-    """``(run row, predictions, model name)`` of every run."""
+    """``(run row, predictions, the columns naming the run)`` of every run."""
     for run in runs.itertuples(index=False):
-        metrics = _read_json(Path(run.folder) / "metrics.json") or {}
-        name = model or metrics.get("settings", {}).get("model", "?")
-        yield run, load_predictions(run.folder), name
+        name = model or (_read_json(Path(run.folder) / "metrics.json") or {}).get("settings", {}).get("model", "?")
+        head = {"dataset": run.dataset, "benchmark": BENCHMARK_NAMES.get(run.dataset, run.dataset),
+                "prompt": run.prompt, "kind": run.kind, "model": name,
+                "label": row_label(name, run.prompt, bool(run.synthetic))}
+        yield run, load_predictions(run.folder), head
 
 
-def _ci(df: pd.DataFrame, alpha: float, averaging: str, space: str, img_size: int, n_boot: int, level: float,
-        seed: int) -> tuple[float, float]:
-    if len(df) == 0 or n_boot < 1:
-        return math.nan, math.nan
-    return bootstrap_ci(df, alpha=alpha, averaging=averaging, space=space, n_boot=n_boot, level=level, seed=seed,
-                        img_size=img_size)
+def _with_ci(part: pd.DataFrame, r: dict, img_size: int, n_boot: int, level: float, seed: int) -> dict:
+    """A PCK record of :mod:`~sd4match_utils.metrics` with its bootstrap interval over the pairs of ``part``."""
+    lo = hi = math.nan
+    if len(part) and n_boot >= 1:
+        lo, hi = bootstrap_ci(part, alpha=r["alpha"], averaging=r["averaging"], space=r["space"], n_boot=n_boot,
+                              level=level, seed=seed, img_size=img_size)
+    return {**r, "alpha": float(r["alpha"]), "ci_low": lo, "ci_high": hi}
 
 
-def results_table(
-    runs: pd.DataFrame,
-    alphas: Sequence[float] = ALPHAS,
-    spaces: Sequence[str] = SPACES,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-    by_category: bool = True,
-    model: str | None = None,
-) -> pd.DataFrame:
-    """Tidy PCK of every run: one row per dataset × prompt × matcher × α × averaging × space × category.
+def results_table(runs: pd.DataFrame, alphas: Sequence[float] = ALPHAS, spaces: Sequence[str] = SPACES,
+                  n_boot: int = 1000, level: float = 0.95, seed: int = 0, by_category: bool = True,
+                  model: str | None = None) -> pd.DataFrame:
+    """Tidy PCK of every run of :func:`run_benchmark`: :data:`RESULT_COLUMNS`, one row per dataset × prompt ×
+    matcher × α × averaging × space × category (``"all"``, then each category with ``by_category``).
 
-    Args:
-        runs: the runs table of :func:`run_benchmark`.
-        alphas, spaces: PCK thresholds and coordinate spaces (``"resized"`` is the paper's).
-        n_boot, level, seed: percentile bootstrap over pairs (:func:`~sd4match_utils.metrics.bootstrap_ci`) for
-            ``ci_low`` / ``ci_high`` (``n_boot=0``: no intervals, NaN).
-        by_category: add one row per category besides ``"all"``.
-        model: the model name for the ``model`` / ``label`` columns (default: the one each run recorded).
-
-    Returns:
-        :data:`RESULT_COLUMNS`; ``pck``, ``ci_low``, ``ci_high`` in percent; ``n`` = pairs (``per_image``) or
-        keypoints (``per_point``).
-    """
+    ``pck``, ``ci_low``, ``ci_high`` are percent; ``n`` counts pairs (``per_image``) or keypoints (``per_point``);
+    the interval is :func:`~sd4match_utils.metrics.bootstrap_ci` over the pairs (``n_boot=0``: none, NaN).
+    ``model`` names the model in ``model`` / ``label`` (default: the one each run recorded)."""
     rows = []
-    for run, df, name in _runs_iter(runs, model):
-        label = row_label(name, run.prompt, bool(run.synthetic))
+    for run, df, head in _runs_iter(runs, model):
         for matcher, sub in df.groupby("matcher", sort=True):
-            groups = {"all": sub}
-            if by_category:
-                groups.update({c: g for c, g in sub.groupby("category", sort=True)})
-            records = pck_records(sub, alphas=alphas, spaces=spaces, img_size=run.img_size, by_category=by_category)
-            for r in records:
-                lo, hi = _ci(groups[r["category"]], r["alpha"], r["averaging"], r["space"], run.img_size, n_boot,
-                             level, seed)
-                rows.append({"dataset": run.dataset, "benchmark": BENCHMARK_NAMES.get(run.dataset, run.dataset),
-                             "prompt": run.prompt, "kind": run.kind, "model": name, "label": label,
-                             "matcher": matcher, "alpha": float(r["alpha"]), "averaging": r["averaging"],
-                             "space": r["space"], "category": r["category"], "pck": r["pck"], "n": r["n"],
-                             "ci_low": lo, "ci_high": hi})
+            for r in pck_records(sub, alphas=alphas, spaces=spaces, img_size=run.img_size, by_category=by_category):
+                part = sub if r["category"] == "all" else sub[sub["category"] == r["category"]]
+                rows.append({**head, "matcher": matcher, **_with_ci(part, r, run.img_size, n_boot, level, seed)})
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
-def flag_table(
-    runs: pd.DataFrame,
-    flags: Sequence[str] = SPAIR_FLAGS,
-    matchers: Sequence[str] | None = ("kernel_softmax",),
-    alphas: Sequence[float] = ALPHAS,
-    spaces: Sequence[str] = ("resized",),
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-    model: str | None = None,
-) -> pd.DataFrame:
+def flag_table(runs: pd.DataFrame, flags: Sequence[str] = SPAIR_FLAGS,
+               matchers: Sequence[str] | None = ("kernel_softmax",), alphas: Sequence[float] = ALPHAS,
+               spaces: Sequence[str] = ("resized",), n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+               model: str | None = None) -> pd.DataFrame:
     """PCK split by per-pair difficulty flags (SPair-71k's viewpoint, scale, truncation and occlusion levels) with
-    :func:`~sd4match_utils.metrics.pck_by_flag`; runs whose predictions lack a flag column are skipped.
-
-    Returns:
-        :data:`FLAG_COLUMNS`, one row per dataset × prompt × matcher × flag × value (``"all"`` first) × α ×
-        averaging × space, bootstrap intervals as in :func:`results_table`.
-    """
+    :func:`~sd4match_utils.metrics.pck_by_flag`: :data:`FLAG_COLUMNS`, one row per dataset × prompt × matcher × flag
+    × value (``"all"`` first) × α × averaging × space, intervals as in :func:`results_table`. Runs whose
+    predictions lack a flag column are skipped."""
     rows = []
-    for run, df, name in _runs_iter(runs, model):
-        label = row_label(name, run.prompt, bool(run.synthetic))
+    for run, df, head in _runs_iter(runs, model):
         if matchers is not None:
             df = df[df["matcher"].isin(list(matchers))]
-        for flag in flags:
-            if flag not in df.columns or len(df) == 0:
-                continue
+        for flag in [f for f in flags if f in df.columns and len(df)]:
             for matcher, sub in df.groupby("matcher", sort=True):
                 for r in pck_by_flag(sub, flag, alphas=alphas, spaces=spaces, img_size=run.img_size):
-                    value = r[flag]
+                    value = r.pop(flag)
                     part = sub if value == "all" else sub[sub[flag] == value]
-                    lo, hi = _ci(part, r["alpha"], r["averaging"], r["space"], run.img_size, n_boot, level, seed)
-                    rows.append({"dataset": run.dataset, "prompt": run.prompt, "kind": run.kind, "model": name,
-                                 "label": label, "matcher": matcher, "flag": flag,
-                                 "value": value if value == "all" else int(value), "alpha": float(r["alpha"]),
-                                 "averaging": r["averaging"], "space": r["space"], "pck": r["pck"], "n": r["n"],
-                                 "ci_low": lo, "ci_high": hi})
+                    rows.append({**head, "matcher": matcher, "flag": flag,
+                                 "value": value if value == "all" else int(value),
+                                 **_with_ci(part, r, run.img_size, n_boot, level, seed)})
     return pd.DataFrame(rows, columns=list(FLAG_COLUMNS))
 
 
-def _pair_pck(df: pd.DataFrame, alpha: float, img_size: int) -> pd.DataFrame:
-    """Per-pair ``n_kps``, ``n_correct``, ``pck`` (percent, resized space) of a one-matcher predictions table."""
-    if len(df) == 0:
-        return pd.DataFrame(columns=["order", "pair_id", "category", "n_kps", "n_correct", "pck"])
-    correct = pck_correct(df[["pred_x", "pred_y"]].to_numpy(float), clamp_gt(df[["gt_x", "gt_y"]].to_numpy(float),
-                          img_size), df["thr"].to_numpy(float), alpha)
-    frame = pd.DataFrame({"pair_id": df["pair_id"].to_numpy(), "category": df["category"].to_numpy(),
-                          "correct": correct})
-    g = frame.groupby(["category", "pair_id"], sort=False)
-    out = g["correct"].agg(n_kps="size", n_correct="sum").reset_index()
-    out["n_correct"] = out["n_correct"].astype(int)
-    out["pck"] = 100.0 * out["n_correct"] / out["n_kps"]
-    out.insert(0, "order", np.arange(len(out)))
-    return out[["order", "pair_id", "category", "n_kps", "n_correct", "pck"]]
-
-
 def pair_table(runs: pd.DataFrame, matcher: str = "kernel_softmax", alpha: float = 0.1) -> pd.DataFrame:
-    """Per-pair PCK@``alpha`` (resized space) of one matcher for every run: :data:`PAIR_COLUMNS`, pairs in file
-    order."""
+    """Per-pair PCK@``alpha`` (resized space, percent) of one matcher for every run: :data:`PAIR_COLUMNS`, pairs in
+    file order (``order``)."""
     frames = []
     for run, df, _ in _runs_iter(runs, None):
-        pairs = _pair_pck(df[df["matcher"] == matcher], alpha, run.img_size)
-        pairs.insert(0, "alpha", float(alpha))
-        pairs.insert(0, "matcher", matcher)
-        pairs.insert(0, "prompt", run.prompt)
-        pairs.insert(0, "dataset", run.dataset)
-        frames.append(pairs)
+        df = df[df["matcher"] == matcher]
+        correct = pck_correct(df[["pred_x", "pred_y"]].to_numpy(float),
+                              clamp_gt(df[["gt_x", "gt_y"]].to_numpy(float), run.img_size),
+                              df["thr"].to_numpy(float), alpha) if len(df) else []
+        g = df[["category", "pair_id"]].assign(correct=correct).groupby(["category", "pair_id"], sort=False)
+        pairs = g["correct"].agg(n_kps="size", n_correct="sum").reset_index()
+        frames.append(pairs.assign(dataset=run.dataset, prompt=run.prompt, matcher=matcher, alpha=float(alpha),
+                                   order=np.arange(len(pairs)), n_correct=pairs["n_correct"].astype(int),
+                                   pck=100.0 * pairs["n_correct"] / pairs["n_kps"]))
     if not frames:
         return pd.DataFrame(columns=list(PAIR_COLUMNS))
     return pd.concat(frames, ignore_index=True)[list(PAIR_COLUMNS)]
@@ -586,9 +440,6 @@ def best_worst(pairs: pd.DataFrame, n: int = 3) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# reference numbers
-# --------------------------------------------------------------------------------------------------------------
 
 
 def load_reference(path: str | Path | None = None) -> pd.DataFrame:
@@ -627,13 +478,9 @@ def compare_with_reference(
 
     Each of our prompts stands for a reference method through its prompt name or kind (``methods``, default
     :data:`REFERENCE_METHODS`: a CPM prompt ↔ ``SD4Match-CPM``, the fixed prompts ↔ DIFT's zero-shot SD 2-1); a
-    prompt with no method, and reference rows with no counterpart among ours, are left out.
-
-    Args:
-        results: :func:`results_table`.
-        reference: :func:`load_reference` (default: the package's).
-        methods: prompt name or kind → reference method (names take precedence over kinds).
-        matcher, space: which of our rows stand for the paper's protocol (kernel-softmax, resized 768² space).
+    prompt with no method, and reference rows with no counterpart among ours, are left out (names take precedence
+    over kinds). ``matcher`` and ``space`` pick our rows that stand for the paper's protocol; ``reference``
+    defaults to :func:`load_reference`.
 
     Returns:
         :data:`COMPARISON_COLUMNS`; ``difference = ours − reference`` (PCK points); ``comparable`` is False for
@@ -673,42 +520,6 @@ def compare_with_reference(
     return merged[list(COMPARISON_COLUMNS)].reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Markdown
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _cell(value, floatfmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        return format(float(value), floatfmt)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".1f", index: bool = False,
-                   formats: Mapping[str, str] | None = None) -> str:
-    """A GitHub-Markdown table of ``df`` (numbers right-aligned, floats with ``floatfmt`` — per column with
-    ``formats``, default ``{"alpha": "g"}`` so that 0.05 stays 0.05 —, NaN as "—"; multi-level column names
-    joined with a space; ``index=True`` includes the index as leading columns)."""
-    frame = df.reset_index() if index else df
-    formats = {"alpha": "g", **(formats or {})}
-    cols = [" ".join(str(p) for p in c if str(p) != "") if isinstance(c, tuple) else str(c) for c in frame.columns]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-               for c in frame.columns]
-    fmts = [formats.get(c, floatfmt) for c in cols]
-    lines = ["| " + " | ".join(_cell(c, floatfmt) for c in cols) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, f) for v, f in zip(row, fmts)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# figures
-# --------------------------------------------------------------------------------------------------------------
 
 
 def select(frame: pd.DataFrame, **conditions) -> pd.DataFrame:
@@ -756,239 +567,14 @@ def headline_table(results: pd.DataFrame, matcher: str = "kernel_softmax", space
     return table.reindex(index=pd.MultiIndex.from_tuples(rows, names=["benchmark", "prompt"]), columns=columns)
 
 
-def _grouped_bars(ax, frame: pd.DataFrame, x: str, hue: str, xs: list, hues: list, value: str = "pck",
-                  ci: bool = True) -> None:
-    """Bars of ``value`` at each ``x`` (groups) for each ``hue`` (bars within a group), CI whiskers when present."""
-    width = 0.8 / max(len(hues), 1)
-    colours = plt.get_cmap("tab10")
-    for j, h in enumerate(hues):
-        sub = frame[frame[hue] == h].set_index(x)
-        vals = [float(sub.loc[v, value]) if v in sub.index else math.nan for v in xs]
-        pos = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        err = None
-        if ci and {"ci_low", "ci_high"} <= set(sub.columns):
-            lo = [float(sub.loc[v, "ci_low"]) if v in sub.index else math.nan for v in xs]
-            hi = [float(sub.loc[v, "ci_high"]) if v in sub.index else math.nan for v in xs]
-            err = np.nan_to_num(np.clip(np.array([np.subtract(vals, lo), np.subtract(hi, vals)]), 0, None))
-        ax.bar(pos, np.nan_to_num(vals), width * 0.92, yerr=err, capsize=2, label=str(h), color=colours(j % 10),
-               error_kw={"elinewidth": 0.8})
-    ax.set_xticks(np.arange(len(xs)))
-    ax.set_xticklabels([str(v) for v in xs], rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center",
-                       fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-
-
-def _finish(fig: Figure, save, title: str | None) -> Figure:
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    if save is not None:
-        save_figure(fig, save)
-    return fig
-
-
-def _metric_label(alpha: float, averaging: str, matcher: str | None) -> str:
-    return f"PCK@{alpha:g} ({averaging.replace('_', ' ')}{', ' + matcher if matcher else ''}) %"
-
-
-def plot_overview(results: pd.DataFrame, matcher: str = "kernel_softmax", alpha: float = 0.1,
-                  averaging: str = "per_image", space: str = "resized", title: str | None = None,
-                  save: str | Path | None = None) -> Figure:
-    """Overall PCK per dataset (groups) and prompt (bars) with bootstrap-CI whiskers."""
-    frame = select(results, matcher=matcher, alpha=alpha, averaging=averaging, space=space, category="all")
-    datasets, prompts = list(dict.fromkeys(frame["dataset"])), list(dict.fromkeys(frame["prompt"]))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.4 * len(datasets) * max(1, len(prompts)) / 2), 3.4))
-    _grouped_bars(ax, frame.assign(dataset=frame["dataset"].map(lambda d: BENCHMARK_NAMES.get(d, d))), "dataset",
-                  "prompt", [BENCHMARK_NAMES.get(d, d) for d in datasets], prompts)
-    ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
-    ax.legend(fontsize=7, title="prompt", title_fontsize=7)
-    return _finish(fig, save, title)
-
-
-def plot_matchers(results: pd.DataFrame, alpha: float = 0.1, averaging: str = "per_image", space: str = "resized",
-                  title: str | None = None, save: str | Path | None = None) -> Figure:
-    """One panel per dataset (stacked): PCK of every matcher (groups) for each prompt (bars), CI whiskers."""
-    frame = select(results, alpha=alpha, averaging=averaging, space=space, category="all")
-    datasets = list(dict.fromkeys(frame["dataset"]))
-    prompts = list(dict.fromkeys(frame["prompt"]))
-    matchers = [m for m in MATCHERS if m in set(frame["matcher"])]
-    width = min(10.0, max(5.0, 0.35 * len(matchers) * max(len(prompts), 1) + 1.5))
-    fig, axes = plt.subplots(max(len(datasets), 1), 1, figsize=(width, 2.8 * max(len(datasets), 1)), squeeze=False)
-    for ax, d in zip(axes[:, 0], datasets):
-        _grouped_bars(ax, frame[frame["dataset"] == d], "matcher", "prompt", matchers, prompts)
-        ax.set_title(BENCHMARK_NAMES.get(d, d), fontsize=9)
-        ax.set_ylabel(_metric_label(alpha, averaging, None), fontsize=8)
-    axes[0][0].legend(fontsize=7, title="prompt", title_fontsize=7)
-    return _finish(fig, save, title)
-
-
-def plot_category_bars(results: pd.DataFrame, dataset: str, matcher: str = "kernel_softmax", alpha: float = 0.1,
-                       averaging: str = "per_image", space: str = "resized", prompts: Sequence[str] | None = None,
-                       ci: bool = True, title: str | None = None, ax=None, save: str | Path | None = None) -> Figure:
-    """Grouped bar chart: one group per category (``"all"`` first), one bar per prompt, CI whiskers."""
-    frame = select(results, dataset=dataset, matcher=matcher, alpha=alpha, averaging=averaging, space=space)
-    prompts = list(prompts) if prompts is not None else list(dict.fromkeys(frame["prompt"]))
-    cats = sorted(set(frame["category"]), key=lambda c: (c != "all", str(c)))
-    own = ax is None
-    if own:
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(cats) * max(len(prompts), 1) + 1.5), 3.4))
-    else:
-        fig = ax.figure
-    _grouped_bars(ax, frame, "category", "prompt", cats, prompts, ci=ci)
-    ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
-    ax.legend(fontsize=7, title="prompt", title_fontsize=7)
-    if own:
-        return _finish(fig, save, title)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return fig
-
-
-def plot_flags(flags: pd.DataFrame, matcher: str = "kernel_softmax", alpha: float = 0.1,
-               averaging: str = "per_image", space: str = "resized", dataset: str | None = None,
-               title: str | None = None, save: str | Path | None = None) -> Figure:
-    """One panel per difficulty flag: PCK at each flag value (``all`` first) for each prompt, CI whiskers."""
-    frame = select(flags, matcher=matcher, alpha=alpha, averaging=averaging, space=space, dataset=dataset)
-    names = list(dict.fromkeys(frame["flag"]))
-    prompts = list(dict.fromkeys(frame["prompt"]))
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.0 * max(len(names), 1), 3.2), squeeze=False)
-    for ax, flag in zip(axes[0], names):
-        sub = frame[frame["flag"] == flag].copy()
-        sub["value"] = sub["value"].astype(str)
-        values = sorted(set(sub["value"]), key=lambda v: (v != "all", v))
-        _grouped_bars(ax, sub, "value", "prompt", values, prompts)
-        ax.set_title(flag.replace("_", " "), fontsize=9)
-        ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
-    if names:
-        axes[0][0].legend(fontsize=7, title="prompt", title_fontsize=7)
-    return _finish(fig, save, title)
-
-
-def _open_run_dataset(run):
-    from .data import load_dataset
-
-    return load_dataset(run.dataset, run.root, run.split, img_size=int(run.img_size))
-
-
-def _pair_arrays(df: pd.DataFrame, pair_id: str, category: str) -> pd.DataFrame:
-    return df[(df["pair_id"] == pair_id) & (df["category"] == category)].sort_values("kp_index")
-
-
-def plot_best_worst(runs: pd.DataFrame, selection: pd.DataFrame, alpha: float = 0.1, title: str | None = None,
-                    save: str | Path | None = None) -> Figure:
-    """The selected best and worst pairs (:func:`best_worst`) with their matches, one row per dataset × prompt:
-    source | target, a line from each source keypoint to its prediction (green within ``alpha · thr``, red
-    otherwise), hollow yellow circles at the ground truth."""
-    groups = list(selection.groupby(["dataset", "prompt", "matcher"], sort=False))
-    ncols = max((len(g) for _, g in groups), default=1)
-    fig, axes = plt.subplots(max(len(groups), 1), ncols, figsize=(3.6 * ncols, 2.4 * max(len(groups), 1) + 0.4),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for r, ((dataset, prompt, matcher), sel) in enumerate(groups):
-        run = runs[(runs["dataset"] == dataset) & (runs["prompt"] == prompt)].iloc[0]
-        ds = _open_run_dataset(run)
-        index = {(e.pair_id, e.category): i for i, e in enumerate(ds.entries)}
-        df = load_predictions(run.folder)
-        df = df[df["matcher"] == matcher]
-        for c, row in enumerate(sel.itertuples(index=False)):
-            sample = ds[index[(row.pair_id, row.category)]]
-            p = _pair_arrays(df, row.pair_id, row.category)
-            pred = p[["pred_x", "pred_y"]].to_numpy(float)
-            correct = pck_correct(pred, clamp_gt(p[["gt_x", "gt_y"]].to_numpy(float), int(run.img_size)),
-                                  p["thr"].to_numpy(float), alpha)
-            ax = axes[r, c]
-            ax.axis("on")
-            plot_matches(sample, pred, correct, ax=ax,
-                         title=f"{row.which} {row.rank} · {BENCHMARK_NAMES.get(dataset, dataset)} · {row.category}\n"
-                               f"{prompt} · PCK {row.pck:.0f}% ({row.n_correct}/{row.n_kps})")
-            ax.title.set_fontsize(7)
-    return _finish(fig, save, title)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# notebook 03: the CPM's gate, and where one prompt's answer differs from another's
-# --------------------------------------------------------------------------------------------------------------
-
-
-def initial_cpm(trained, seed: int = 0):
-    """The :class:`~sd4match_utils.conditioning.ConditionalPrompt` that training started from: same shapes as
-    ``trained``, initialised from ``seed`` exactly as :func:`~sd4match_utils.train.make_prompt` does (no DINOv2
-    attached)."""
-    from .conditioning import ConditionalPrompt
-
-    return ConditionalPrompt(trained.text_dim, trained.dino_dim, trained.n_global, trained.n_cond, trained.mode,
-                             trained.features, trained.n_patches, trained.lr_linear, seed)
-
-
-def plot_cpm_state(before, after, labels: tuple[str, str] = ("before training", "after training"),
-                   title: str | None = None, save: str | Path | None = None) -> Figure:
-    """What training did to a CPM's gate and tokens.
-
-    Panels: (1) histogram of the gate values ``tanh(alpha_cond)`` (all ``C × D`` entries) before and after;
-    (2) heat-map of the gate after training ``(C, D)``; (3) heat-map of its change; (4) L2 norm per token of
-    ``global_embeds`` (tokens ``0..G-1``), ``positional_embedding`` and the gate (tokens ``G..G+C-1``), before
-    (dashed) and after (solid) — :meth:`~sd4match_utils.conditioning.ConditionalPrompt.token_norms`.
-    """
-    g0, g1 = before.gate().numpy(), after.gate().numpy()
-    n0, n1 = before.token_norms(), after.token_norms()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
-    ax = axes[0, 0]
-    bins = np.linspace(-1, 1, 51)
-    ax.hist(g0.ravel(), bins=bins, alpha=0.55, label=labels[0], color="#7f7f7f")
-    ax.hist(g1.ravel(), bins=bins, alpha=0.55, label=labels[1], color="#1f77b4")
-    ax.set_xlabel("gate value tanh(α)", fontsize=8)
-    ax.set_ylabel("entries", fontsize=8)
-    ax.legend(fontsize=7)
-    ax.set_title("gate values", fontsize=9)
-    ax = axes[0, 1]
-    im = ax.imshow(g1, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_title(f"gate tanh(α) {labels[1]} (C × D = {g1.shape[0]} × {g1.shape[1]})", fontsize=9)
-    ax.set_xlabel("text channel", fontsize=8)
-    ax.set_ylabel("conditional token", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax = axes[1, 0]
-    delta = g1 - g0
-    lim = float(np.abs(delta).max()) or 1e-6
-    im = ax.imshow(delta, aspect="auto", cmap="PuOr", vmin=-lim, vmax=lim, interpolation="nearest")
-    ax.set_title(f"gate change ({labels[1]} − {labels[0]}), max |Δ| = {lim:.3g}", fontsize=9)
-    ax.set_xlabel("text channel", fontsize=8)
-    ax.set_ylabel("conditional token", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax = axes[1, 1]
-    g = len(n0["global"])
-    colours = {"global": "#2ca02c", "positional": "#ff7f0e", "gate": "#1f77b4"}
-    for name, offset in (("global", 0), ("positional", g), ("gate", g)):
-        xs = np.arange(len(n0[name])) + offset
-        ax.plot(xs, n0[name].numpy(), "--", color=colours[name], alpha=0.7, linewidth=1)
-        ax.plot(xs, n1[name].numpy(), "-", color=colours[name], linewidth=1.2, label=name)
-    ax.axvline(g - 0.5, color="black", linewidth=0.6, alpha=0.5)
-    ax.set_xlabel(f"prompt token (global 0..{g - 1} | conditional {g}..{g + len(n0['gate']) - 1})", fontsize=8)
-    ax.set_ylabel("L2 norm", fontsize=8)
-    ax.set_title(f"token norms ({labels[0]} dashed, {labels[1]} solid)", fontsize=9)
-    ax.legend(fontsize=7)
-    for a in axes.ravel():
-        a.tick_params(labelsize=7)
-    return _finish(fig, save, title)
-
 
 def prediction_changes(pred_a: pd.DataFrame, pred_b: pd.DataFrame, matcher: str = "kernel_softmax",
                        alpha: float = 0.1, img_size: int = 768) -> pd.DataFrame:
-    """Keypoint by keypoint, how prompt B's answer differs from prompt A's (same dataset, pairs and protocol).
-
-    Args:
-        pred_a, pred_b: predictions tables (:func:`load_predictions`) of the two prompts.
-        matcher: the matcher compared.
-        alpha: PCK α for correctness and for calling a move a change.
-        img_size: the resized size both runs used (for the ground-truth clamp).
-
-    Returns:
-        :data:`CHANGE_COLUMNS`, one row per keypoint present in both: ``moved`` = distance between the two
-        predictions (pixels of the resized image); ``changed`` = ``moved > alpha · thr`` or correctness differs;
-        ``outcome`` = ``"fixed"`` (A wrong, B right), ``"broken"`` (A right, B wrong), ``"both right"``,
-        ``"both wrong"``.
-    """
+    """Keypoint by keypoint, how prompt B's answer differs from prompt A's (predictions tables of the same dataset,
+    pairs and protocol; ``img_size``: the resized size both used). Returns :data:`CHANGE_COLUMNS`, one row per
+    keypoint in both: ``moved`` = distance between the two predictions (resized pixels); ``changed`` = ``moved >
+    alpha · thr`` or correctness differs; ``outcome`` = ``"fixed"`` (A wrong, B right), ``"broken"`` (A right, B
+    wrong), ``"both right"`` or ``"both wrong"``."""
     keys = ["pair_id", "category", "kp_index"]
     a = pred_a[pred_a["matcher"] == matcher]
     b = pred_b[pred_b["matcher"] == matcher]
@@ -1006,72 +592,3 @@ def prediction_changes(pred_a: pd.DataFrame, pred_b: pd.DataFrame, matcher: str 
                               m["correct_a"] & m["correct_b"]], ["fixed", "broken", "both right"], "both wrong")
     return m[list(CHANGE_COLUMNS)].reset_index(drop=True)
 
-
-def change_summary(changes: pd.DataFrame) -> pd.DataFrame:
-    """Per category (and ``"all"`` first): keypoints, changed keypoints, ``fixed``, ``broken`` and ``net`` =
-    fixed − broken (keypoints B gets right that A got wrong, minus the reverse)."""
-    rows = []
-    groups = [("all", changes)] + [(c, g) for c, g in changes.groupby("category", sort=True)]
-    for cat, g in groups:
-        fixed, broken = int((g["outcome"] == "fixed").sum()), int((g["outcome"] == "broken").sum())
-        rows.append({"category": cat, "keypoints": int(len(g)), "changed": int(g["changed"].sum()), "fixed": fixed,
-                     "broken": broken, "net": fixed - broken})
-    return pd.DataFrame(rows, columns=["category", "keypoints", "changed", "fixed", "broken", "net"])
-
-
-def _changed_pairs(changes: pd.DataFrame, n: int) -> list[tuple[str, str]]:
-    """The ``n`` pairs with the most changed keypoints (then most fixed + broken, then file order)."""
-    g = changes.groupby(["pair_id", "category"], sort=False)
-    stats = pd.DataFrame({"changed": g["changed"].sum(),
-                          "decided": g["outcome"].agg(lambda s: int(s.isin(["fixed", "broken"]).sum()))})
-    stats["order"] = np.arange(len(stats))
-    stats = stats.sort_values(["changed", "decided", "order"], ascending=[False, False, True], kind="stable")
-    return list(stats.index[:n])
-
-
-def plot_prediction_changes(dataset, changes: pd.DataFrame, labels: tuple[str, str] = ("Class", "CPM"),
-                            n_pairs: int = 3, title: str | None = None, save: str | Path | None = None) -> Figure:
-    """Pairs where prompt B (e.g. CPM) answers differently from prompt A (e.g. Class), both predictions drawn.
-
-    Source | target side by side (resized to the dataset's ``img_size``): numbered source keypoints; on the target
-    the ground truth (hollow yellow), A's prediction (×) and B's (●), each green when within ``alpha · thr`` and
-    red otherwise, and an arrow from A's to B's prediction for every changed keypoint. The pairs shown are those
-    with the most changed keypoints (:func:`prediction_changes`).
-    """
-    from PIL import Image
-
-    pairs = _changed_pairs(changes, n_pairs)
-    index = {(e.pair_id, e.category): i for i, e in enumerate(dataset.entries)}
-    s = int(dataset.img_size)
-    fig, axes = plt.subplots(max(len(pairs), 1), 1, figsize=(7.2, 3.7 * max(len(pairs), 1)), squeeze=False)
-    ok, wrong, gt_colour = "#1a9850", "#d73027", "#ffd92f"
-    for ax, (pair_id, category) in zip(axes[:, 0], pairs):
-        sample = dataset[index[(pair_id, category)]]
-        canvas = np.concatenate([np.asarray(im.convert("RGB").resize((s, s), Image.BILINEAR))
-                                 for im in (sample.src_image, sample.trg_image)], axis=1)
-        ax.imshow(canvas)
-        ax.axvline(s - 0.5, color="white", linewidth=1.0)
-        rows = changes[(changes["pair_id"] == pair_id) & (changes["category"] == category)].sort_values("kp_index")
-        for r in rows.itertuples(index=False):
-            ax.scatter([r.src_x], [r.src_y], s=18, c="white", edgecolors="black", linewidths=0.6, zorder=3)
-            ax.scatter([r.gt_x + s], [r.gt_y], s=42, facecolors="none", edgecolors=gt_colour, linewidths=1.2, zorder=3)
-            ax.scatter([r.pred_x_a + s], [r.pred_y_a], s=30, marker="x", c=ok if r.correct_a else wrong,
-                       linewidths=1.5, zorder=4)
-            ax.scatter([r.pred_x_b + s], [r.pred_y_b], s=22, c=ok if r.correct_b else wrong, edgecolors="black",
-                       linewidths=0.5, zorder=5)
-            if r.changed:
-                ax.annotate("", xy=(r.pred_x_b + s, r.pred_y_b), xytext=(r.pred_x_a + s, r.pred_y_a),
-                            arrowprops={"arrowstyle": "->", "color": "white", "lw": 1.0}, zorder=4)
-                ax.text(r.src_x + 3, r.src_y - 3, str(int(r.kp_index)), color="white", fontsize=6, zorder=5)
-        n = len(rows)
-        ax.set_title(f"{category} · {pair_id}: {labels[0]} {int(rows['correct_a'].sum())}/{n} → {labels[1]} "
-                     f"{int(rows['correct_b'].sum())}/{n} correct · {int(rows['changed'].sum())} changed "
-                     f"(× {labels[0]}, ● {labels[1]})", fontsize=7)
-        ax.set_xlim(-0.5, 2 * s - 0.5)
-        ax.set_ylim(s - 0.5, -0.5)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if not pairs:
-        axes[0, 0].text(0.5, 0.5, "no pairs", ha="center", va="center")
-        axes[0, 0].axis("off")
-    return _finish(fig, save, title)

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--timestep", type=int, default=None, help="default: the model's recommended (SD 2-1: 50)")
     ex.add_argument("--ensemble", type=int, default=8)
     ex.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    ex.add_argument("--compile", action="store_true",
+                    help="torch.compile the VAE encoder and UNet blocks (minutes of compiling on a CPU; see "
+                         "benchmarks/RESULTS.md for when it pays)")
     _add_model_args(ex)
     _add_unet_batch_arg(ex)
 
@@ -263,7 +266,7 @@ def cmd_extract(args) -> int:
     check_writable_file(args.out)
     check_prompt_spec(args.prompt)
     images = [load_rgb(p) for p in args.images]
-    sd = load_sd(args.model, device=args.device, precision=args.precision)
+    sd = load_sd(args.model, device=args.device, precision=args.precision, compile=args.compile)
     conditioning = make_conditioning(sd, args.prompt)
     if conditioning.pair_dependent and len(images) != 2:
         raise ValueError("a CPM prompt conditions on an image pair: give exactly two --images (source, target)")

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .cache import TensorCache
-from .models import (FOLDER_FINGERPRINT_OF, ModelNotAvailableError, _fingerprint_folder, _fingerprint_modules,
+from .models import (FOLDER_FINGERPRINT_OF, ModelNotAvailableError, quiet_loading, _fingerprint_folder, _fingerprint_modules,
                      hub_snapshot)
 
 #: The DINOv2 the paper uses (ViT-B/14, 768-d).
@@ -127,7 +127,8 @@ def load_dino_model(model: str = DEFAULT_DINO_ID, seed: int = 0):
     try:
         config = AutoConfig.from_pretrained(folder)
         cls = Dinov2Model if config.model_type == "dinov2" else AutoModel  # e.g. dinov2_with_registers
-        net = cls.from_pretrained(folder)
+        with quiet_loading():
+            net = cls.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as e:
         raise ModelNotAvailableError(f"{folder}: could not load DINOv2: {e}") from e
     return net.eval().requires_grad_(False), {"model": model, "source": source, "folder": str(folder),

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -442,13 +443,14 @@ def load_sd(
         from transformers import CLIPTextModel, CLIPTokenizer
 
         try:
-            parts = dict(
-                unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
-                vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
-                text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
-                tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
-            )
+            with quiet_loading():
+                parts = dict(
+                    unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+                    vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+                    text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+                    tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                    scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+                )
         except (OSError, ValueError, KeyError) as e:
             raise ModelNotAvailableError(f"{folder}: could not load Stable Diffusion components: {e}") from e
         identity = {
@@ -464,6 +466,24 @@ def load_sd(
     identity["precision"] = precision
     sd = SDModel(**parts, identity=identity, device=device, dtype=dtype)
     return apply_fast_path(sd, channels_last=channels_last, compile=compile)
+
+
+@contextmanager
+def quiet_loading():
+    """No "Loading weights" progress bars from diffusers / transformers while loading a local folder (they would
+    leave stray widgets in notebooks); the libraries' previous settings are restored."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in states:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in states:
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def recommended_for(model: str) -> dict:
@@ -482,7 +502,9 @@ def apply_fast_path(sd: SDModel, channels_last: bool | None = None, compile: boo
       the default layout: its results stay bit-exact with earlier ones.
     - ``compile``: ``torch.compile`` (inductor) of the VAE encoder and of the UNet's resnet, transformer and
       resampling blocks (the UNet's own forward stays eager, so the read-out hooks and early exit work). Compiling
-      costs minutes on a CPU at the first image of each size; see ``benchmarks/RESULTS.md`` for where it pays.
+      costs minutes on a CPU at the first image of each size and shape; on the AVX512-BF16 CPU of
+      ``benchmarks/RESULTS.md`` it did not pay (the convolutions are at the matmul rate already), so it is off
+      unless asked for.
     """
     if channels_last is None:
         channels_last = sd.device.type == "cpu" and sd.dtype == torch.bfloat16
@@ -503,6 +525,12 @@ def compile_blocks(sd: SDModel) -> None:
     except ImportError:  # older diffusers layout
         from diffusers.models.transformer_2d import Transformer2DModel
 
+    import torch._dynamo
+
+    # every resnet / transformer instance is its own guard set on the class's shared code: allow enough entries
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 512))
     sd.vae.encoder.compile()
     for m in sd.unet.modules():
         if isinstance(m, (ResnetBlock2D, Transformer2DModel, Downsample2D, Upsample2D)):

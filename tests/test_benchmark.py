@@ -1,8 +1,8 @@
 """sd4match_utils.benchmark: running prompts × datasets with reuse, tidy tables with CIs, the reference
-comparison, best / worst pairs, the CPM-vs-Class change analysis and the figures (tiny model, 128 px, 3 pairs)."""
+comparison, best / worst pairs, the CPM-vs-Class changes, and the viz figures of those tables (tiny model, 128 px,
+3 pairs)."""
 
 import json
-import math
 import os
 import tomllib
 from pathlib import Path
@@ -324,19 +324,8 @@ def test_comparison_of_a_real_run_is_labelled_not_comparable(results):
     assert set(cmp_[cmp_.method == "SD4Match-CPM"].prompt) == {"cpm_run"}
 
 
-def test_markdown_table():
-    df = pd.DataFrame({"name": ["a|b", "c"], "pck": [12.345, math.nan], "n": [3, 4], "ok": [True, False]})
-    text = bm.markdown_table(df)
-    lines = text.strip().splitlines()
-    assert lines[0] == "| name | pck | n | ok |" and lines[1] == "|---|---:|---:|---|"
-    assert lines[2] == "| a\\|b | 12.3 | 3 | yes |" and lines[3] == "| c | — | 4 | no |"
-    assert "| 0.05 | 12.3 |" in bm.markdown_table(pd.DataFrame({"alpha": [0.05], "pck": [12.34]}))
-    piv = pd.DataFrame({("0.1", "per_image"): [1.0]}, index=pd.Index(["all"], name="category"))
-    assert bm.markdown_table(piv, index=True).startswith("| category | 0.1 per_image |")
-
-
-# --------------------------------------------------------------------------------------- notebook-03 helpers
-def test_prediction_changes_and_summary():
+# ------------------------------------------------------------------------------------------- notebook 03
+def test_prediction_changes():
     base = dict(pair_id="p", category="car", src_x=1.0, src_y=1.0, gt_x=50.0, gt_y=50.0, thr=100.0,
                 matcher="kernel_softmax")
     a = pd.DataFrame([{**base, "kp_index": k, "pred_x": x, "pred_y": 50.0} for k, x in enumerate([50, 90, 50, 90])])
@@ -346,25 +335,31 @@ def test_prediction_changes_and_summary():
     assert list(ch.outcome) == ["both right", "fixed", "broken", "both wrong"]
     assert list(ch.changed) == [False, True, True, False]
     assert ch.moved.tolist() == pytest.approx([2, 40, 40, 5])
-    summary = bm.change_summary(ch)
-    assert summary.iloc[0].to_dict() == {"category": "all", "keypoints": 4, "changed": 2, "fixed": 1, "broken": 1,
-                                         "net": 0}
     assert bm.prediction_changes(a, b.assign(matcher="nn")).empty
 
 
-def test_initial_cpm_reproduces_the_training_start(tiny_sd):
+def _training_start(cpm, seed):
+    """Notebook 03's CPM before training: the trained one's shapes, initialised from the seed."""
+    from sd4match_utils.conditioning import ConditionalPrompt
+
+    return ConditionalPrompt(cpm.text_dim, cpm.dino_dim, cpm.n_global, cpm.n_cond, cpm.mode, cpm.features,
+                             cpm.n_patches, cpm.lr_linear, seed)
+
+
+def test_rebuilt_cpm_is_the_training_start(tiny_sd):
     from sd4match_utils.conditioning import ConditionalPrompt
     from sd4match_utils.dino import DinoFeatures
 
     start = ConditionalPrompt.initialise(tiny_sd, DinoFeatures("tiny"), n_global=5, n_cond=10, seed=4)
-    again = bm.initial_cpm(start, seed=4)
+    again = _training_start(start, seed=4)
     for k, v in start.state_dict().items():
         assert np.allclose(v.cpu().numpy(), again.state_dict()[k].numpy()), k
 
 
 def test_figures_are_written(bench, results, tiny_sd, cpm_file, tmp_path):
-    from sd4match_utils.data import load_dataset
+    from sd4match_utils import viz
     from sd4match_utils.conditioning import load_prompt
+    from sd4match_utils.data import load_dataset
 
     runs = bench["runs"]
     flags = bm.flag_table(runs, n_boot=0)
@@ -374,13 +369,13 @@ def test_figures_are_written(bench, results, tiny_sd, cpm_file, tmp_path):
     changes = bm.prediction_changes(pa, pb, img_size=128)
     ds = load_dataset("spair", runs.root[0], "test", img_size=128)
     figs = {
-        "overview": lambda p: bm.plot_overview(results, save=p),
-        "matchers": lambda p: bm.plot_matchers(results, save=p),
-        "category": lambda p: bm.plot_category_bars(results, "pfwillow", save=p),
-        "flags": lambda p: bm.plot_flags(flags, save=p),
-        "best_worst": lambda p: bm.plot_best_worst(runs, sel, save=p),
-        "cpm": lambda p: bm.plot_cpm_state(bm.initial_cpm(after, 0), after, save=p),
-        "changes": lambda p: bm.plot_prediction_changes(ds, changes, n_pairs=2, save=p),
+        "overview": lambda p: viz.plot_overview(results, save=p),
+        "matchers": lambda p: viz.plot_matchers(results, save=p),
+        "category": lambda p: viz.plot_category_bars(results, "pfwillow", save=p),
+        "flags": lambda p: viz.plot_flags(flags, save=p),
+        "best_worst": lambda p: viz.plot_best_worst(runs, sel, save=p),
+        "cpm": lambda p: viz.plot_cpm_state(_training_start(after, 0), after, save=p),
+        "changes": lambda p: viz.plot_prediction_changes(ds, changes, n_pairs=2, save=p),
     }
     import matplotlib.pyplot as plt
 
@@ -390,6 +385,6 @@ def test_figures_are_written(bench, results, tiny_sd, cpm_file, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         plt.close(fig)
     # best/worst: one row per dataset × prompt, one panel per selected pair
-    fig = bm.plot_best_worst(runs, sel)
+    fig = viz.plot_best_worst(runs, sel)
     assert sum(ax.axison for ax in fig.axes) == len(sel)
     plt.close(fig)

@@ -242,7 +242,7 @@ def test_explorer_follows_clicks_in_jupyterlab(lab, browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    from sd4match_utils.explorer import fraction_to_pixel
+    from sd4match_utils.widgets import fraction_to_pixel
 
     base, _ = lab
     started = time.monotonic()

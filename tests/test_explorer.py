@@ -1,20 +1,23 @@
-"""The quick-start tools without a browser: click → match maths, drawing, the explorer and annotator widgets'
-Python side, and the annotator's file round trip."""
+"""The quick-start tools without a browser: click → match maths (:mod:`sd4match_utils.matching`), the widgets'
+PNGs (:mod:`sd4match_utils.viz`), the explorer and annotator widgets' Python side, and the annotator's file round
+trip."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from sd4match_utils import explorer as ex
+from sd4match_utils import viz, widgets
 from sd4match_utils.data import load_dataset
-from sd4match_utils.matching import MATCHERS, cosine_maps, match, pixel_to_grid, sample_descriptors
+from sd4match_utils.matching import (MATCHERS, click_to_match, cosine_maps, explore_click, match, pixel_to_grid,
+                                     sample_descriptors, top_k_peaks)
 
 
 @pytest.fixture
@@ -31,7 +34,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 def test_click_prediction_equals_matching_match(feats, matcher):
     src, trg = feats
     for xy in [(0.0, 0.0), (37.3, 80.9), (127.0, 127.0), (200.0, -5.0)]:  # the last one is clamped to the image
-        r = ex.click_to_match(src, trg, xy, 128, matcher=matcher, k=4, prompt="p")
+        r = click_to_match(src, trg, xy, 128, matcher=matcher, k=4, prompt="p")
         clamped = torch.tensor([[min(max(v, 0.0), 127.0) for v in xy]])
         expected = match(src, trg, clamped, 128, matcher)[0]
         np.testing.assert_allclose(r.pred_xy, expected.double().numpy(), rtol=0, atol=1e-5)
@@ -42,7 +45,7 @@ def test_click_prediction_equals_matching_match(feats, matcher):
 def test_heatmap_and_top_k(feats):
     src, trg = feats
     xy = (50.0, 60.0)
-    r = ex.click_to_match(src, trg, xy, 128, "nn", k=5)
+    r = click_to_match(src, trg, xy, 128, "nn", k=5)
     assert r.heatmap.shape == (7, 8)
     desc = sample_descriptors(src, pixel_to_grid(torch.tensor([xy]), 128, (9, 11)))
     np.testing.assert_allclose(r.heatmap, cosine_maps(desc, trg)[0].numpy(), atol=1e-6)
@@ -62,57 +65,48 @@ def test_heatmap_and_top_k(feats):
 
 def test_top_k_peaks():
     heat = np.array([[0.1, 0.9, 0.8], [0.2, 0.3, 0.95], [0.5, 0.0, 0.4]])
-    cells, scores = ex.top_k_peaks(heat, k=3, min_distance=0)
+    cells, scores = top_k_peaks(heat, k=3, min_distance=0)
     assert cells.tolist() == [[2, 1], [1, 0], [2, 0]] and scores.tolist() == [0.95, 0.9, 0.8]
-    cells, scores = ex.top_k_peaks(heat, k=3, min_distance=1)  # (2, 1)'s 8 neighbours are skipped
+    cells, scores = top_k_peaks(heat, k=3, min_distance=1)  # (2, 1)'s 8 neighbours are skipped
     assert cells.tolist() == [[2, 1], [0, 2], [0, 0]] and scores.tolist() == [0.95, 0.5, 0.1]
-    cells, _ = ex.top_k_peaks(torch.tensor(heat), k=20, min_distance=0)
+    cells, _ = top_k_peaks(torch.tensor(heat), k=20, min_distance=0)
     assert len(cells) == 9
     with pytest.raises(ValueError, match="k must be"):
-        ex.top_k_peaks(heat, k=0)
+        top_k_peaks(heat, k=0)
     with pytest.raises(ValueError, match=r"\(h, w\)"):
-        ex.top_k_peaks(np.zeros(4))
+        top_k_peaks(np.zeros(4))
 
 
 def test_explore_click_gives_one_result_per_prompt(feats):
     src, trg = feats
-    out = ex.explore_click({"a": (src, trg), "b": (trg[:, :7, :8], src[:, :7, :8])}, (3, 4), 64, "softmax", k=2)
+    out = explore_click({"a": (src, trg), "b": (trg[:, :7, :8], src[:, :7, :8])}, (3, 4), 64, "softmax", k=2)
     assert list(out) == ["a", "b"] and out["a"].prompt == "a" and out["b"].heatmap.shape == (7, 8)
     with pytest.raises(ValueError, match="unknown matcher"):
-        ex.click_to_match(src, trg, (0, 0), 64, "argmax")
+        click_to_match(src, trg, (0, 0), 64, "argmax")
 
 
 def test_fraction_to_pixel_and_nearest_keypoint():
-    assert ex.fraction_to_pixel(0.0, 1.0, 128) == (0.0, 127.0)
-    assert ex.fraction_to_pixel(0.5, 0.25, 128) == (63.5, 31.5)
-    assert ex.fraction_to_pixel(0.5, 0.5, 200, 100) == (99.5, 49.5)
+    assert widgets.fraction_to_pixel(0.0, 1.0, 128) == (0.0, 127.0)
+    assert widgets.fraction_to_pixel(0.5, 0.25, 128) == (63.5, 31.5)
+    assert widgets.fraction_to_pixel(0.5, 0.5, 200, 100) == (99.5, 49.5)
     kps = np.array([[10.0, 10.0], [50.0, 50.0]])
-    assert ex.nearest_keypoint((12, 11), kps, 5) == 0 and ex.nearest_keypoint((30, 30), kps, 5) is None
-    assert ex.nearest_keypoint((1, 1), None, 5) is None
-
-
-def test_prompt_specs():
-    assert ex.prompt_specs(["empty", "text"], "") == {"empty": "empty", "text": "text"}
-    assert ex.prompt_specs(["text"], "p.safetensors") == {"text": "text", "learned": "p.safetensors"}
-    with pytest.raises(ValueError):
-        ex.prompt_specs([])
+    assert widgets.nearest_keypoint((12, 11), kps, 5) == 0 and widgets.nearest_keypoint((30, 30), kps, 5) is None
+    assert widgets.nearest_keypoint((1, 1), None, 5) is None
 
 
 def test_rendering_sizes(feats):
     src, trg = feats
     img = Image.new("RGB", (300, 200), "grey")
-    r = ex.click_to_match(src, trg, (10, 20), 128, k=3)
-    assert png_size(ex.render_source_png(img, 128, 96, (10, 20), kps=[[5, 5], [60, 70]])) == (96, 96)
-    assert png_size(ex.render_target_png(img, r, 96, gt_xy=(40, 40))) == (96, 96)
-    assert png_size(ex.render_points_png(img, {"head": (10, 20), "tip": (290, 190)}, 150, "tip")) == (150, 100)
+    r = click_to_match(src, trg, (10, 20), 128, k=3)
+    assert png_size(viz.render_source_png(img, 128, 96, (10, 20), kps=[[5, 5], [60, 70]])) == (96, 96)
+    assert png_size(viz.render_target_png(img, r, 96, gt_xy=(40, 40))) == (96, 96)
+    assert png_size(viz.render_points_png(img, {"head": (10, 20), "tip": (290, 190)}, 150, "tip")) == (150, 100)
 
 
 def test_plot_explorer(feats):
-    from sd4match_utils import viz
-
     src, trg = feats
     img = Image.new("RGB", (64, 64), "white")
-    res = ex.explore_click({"empty": (src, trg), "text": (src, trg)}, (20, 30), 64, k=3)
+    res = explore_click({"empty": (src, trg), "text": (src, trg)}, (20, 30), 64, k=3)
     fig = viz.plot_explorer(img, img, res, 64, gt_xy=(5, 5), title="t")
     assert len(fig.axes) == 3
     assert sum(c.get_gid() == "candidate" for ax in fig.axes for c in ax.collections) == 6
@@ -125,24 +119,24 @@ def test_pair_features_and_explorer_widget(tiny_sd, synthetic_roots, tmp_path):
     sample = ds[0]
     prompt_file = tmp_path / "p.safetensors"
     LearnedPrompt.initialise(tiny_sd, "single", n_tokens=4).save(prompt_file, tiny_sd)
-    specs = ex.prompt_specs(["empty", "text"], prompt_file)
-    f = ex.pair_features(tiny_sd, sample, specs, ensemble=1, img_size=128)
+    specs = {"empty": "empty", "text": "text", "learned": str(prompt_file)}
+    f = widgets.pair_features(tiny_sd, sample, specs, ensemble=1, img_size=128)
     assert list(f) == ["empty", "text", "learned"]
     c, h, w = f["text"][0].shape
     assert f["learned"][1].shape == (c, h, w) and f["empty"][0].device.type == "cpu"
     assert not torch.equal(f["empty"][0], f["text"][0])  # the prompt changes the features
-    own = ex.pair_features(tiny_sd, ex.own_pair(sample.src_image, sample.trg_image, sample.category),
-                           {"text": "text"}, ensemble=1, img_size=128)
+    mine = SimpleNamespace(src_image=sample.src_image, trg_image=sample.trg_image, category=sample.category)
+    own = widgets.pair_features(tiny_sd, mine, {"text": "text"}, ensemble=1, img_size=128)
     torch.testing.assert_close(own["text"][1], f["text"][1])  # two photos of your own work the same way
 
-    e = ex.MatchExplorer.from_sample(sample, f, k=3, display_size=64)
+    e = widgets.MatchExplorer.from_sample(sample, f, k=3, display_size=64)
     assert e.source.state["click"] == pytest.approx(list(sample.src_kps_r[0]), abs=1e-3)
     np.testing.assert_allclose(e.gt_xy, sample.trg_kps_r[0])  # the first click is on a keypoint
     first = e.source.state["pred"]
     assert set(first) == set(specs)
 
     e.source.click = [0.9, 0.1, 1]  # what the browser sends
-    x, y = ex.fraction_to_pixel(0.9, 0.1, 128)
+    x, y = widgets.fraction_to_pixel(0.9, 0.1, 128)
     assert e.source.state["n"] == 2 and e.source.state["click"] == pytest.approx([x, y], abs=1e-3)
     for label, (s, t) in f.items():
         expected = match(s, t, torch.tensor([[x, y]]), 128, "kernel_softmax")[0].tolist()
@@ -169,7 +163,7 @@ def photos(tmp_path):
 
 
 def test_annotator_round_trip(photos):
-    ann = ex.Annotator(photos)
+    ann = widgets.Annotator(photos)
     assert ann.images() == ["a.jpg", "c.png", "sub/b.png"] and ann.entries == []
     with pytest.raises(ValueError, match="give its category"):
         ann.add_point("a.jpg", "head", (10, 10))
@@ -202,20 +196,20 @@ def test_annotator_round_trip(photos):
     ds = load_dataset("custom", photos, "test", img_size=64)
     assert ds.pair_ids == ["a.jpg>sub/b.png", "sub/b.png>a.jpg"] and ds[0].kp_names == ["head", "tip"]
 
-    again = ex.Annotator(photos)  # reopening reads the file back
+    again = widgets.Annotator(photos)  # reopening reads the file back
     assert again.entries == ann.entries
     assert again.remove_point("a.jpg", "tip") and not again.remove_point("a.jpg", "tip")
     again.set_bbox("a.jpg", None)
     again.set_category("c.png", "washer")
     again.save()
-    reread = ex.Annotator(photos).entries
+    reread = widgets.Annotator(photos).entries
     assert reread[0] == {"image": "a.jpg", "category": "screw", "keypoints": {"head": [10.0, 10.0]}}
     assert reread[2] == {"image": "c.png", "category": "washer", "keypoints": {}}
 
 
 def test_annotator_widget_places_points_in_original_pixels(photos):
-    ann = ex.Annotator(photos)
-    w = ex.AnnotatorWidget(ann, names=["head", "tip"], category="screw", display_size=100)
+    ann = widgets.Annotator(photos)
+    w = widgets.AnnotatorWidget(ann, names=["head", "tip"], category="screw", display_size=100)
     assert w.image == "a.jpg" and w.name_box.value == "head"
     assert png_size(base64.b64decode(w.canvas.png)) == (100, 50)  # aspect kept
     w.canvas.click = [0.25, 0.5, 1]  # a browser click at 1/4 width, 1/2 height of the 200x100 image

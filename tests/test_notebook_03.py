@@ -44,7 +44,7 @@ def test_ipynb_matches_its_percent_script_and_is_clean():
     assert (values["lr"], values["lr_linear"], values["n_global"], values["n_cond"]) == (1e-2, 1e-3, 25, 50)
     assert (values["out_dir"], values["runs_dir"]) == ("../figures", "../runs/03")
     text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    assert "random" in text and "0.09 s" in text and "facebook/dinov2-base" in text  # the closing notes
+    assert "within noise" in text and "0.09 s" in text and "facebook/dinov2-base" in text  # the closing notes
 
 
 @pytest.mark.slow

@@ -1,92 +1,44 @@
-"""The quick-start notebook's interactive tools: a match explorer and a keypoint annotation helper.
+"""The quick-start notebook's widgets: the click match explorer and the keypoint annotator (notebook 00).
 
-**Match explorer.** Click a point on the source image and see, for several prompts side by side, where it lands
-on the target: the matcher's prediction, the cosine-similarity heat-map of the clicked point's feature against
-every target cell, and the ``k`` best distinct candidate cells. The maths is pure and tested
-(:func:`click_to_match`, :func:`explore_click`, :func:`top_k_peaks`); :class:`MatchExplorer` only draws PNGs
-(PIL) and reacts to clicks.
+:class:`MatchExplorer`: click a point on the source image and see, for several prompts side by side, where it lands
+on the target (the maths is :func:`~sd4match_utils.matching.explore_click`: the prediction, the cosine heat-map of
+the point against every target cell and the ``k`` best distinct cells), drawn as PNGs by
+:func:`~sd4match_utils.viz.render_target_png`.
+:class:`Annotator` edits ``annotations.json`` of a custom dataset (:mod:`sd4match_utils.data.custom`) point by
+point; :class:`AnnotatorWidget` puts it behind clicks on the image.
 
-**Annotation helper.** :class:`Annotator` edits ``annotations.json`` of a custom dataset
-(:mod:`sd4match_utils.data.custom`) point by point (``add_point`` / ``remove_point`` / ``save``);
-:class:`AnnotatorWidget` puts it behind clicks on the image.
-
-Coordinates: the explorer works in ``(x, y)`` pixels of the images resized to ``img_size × img_size`` (the
-paper's space, as everywhere in the package); the annotator in pixels of the original image (the annotation
-file's space). Clicks arrive from the browser as fractions ``(u, v)`` of the displayed image and become pixels
-with :func:`fraction_to_pixel`.
-
-The click widget is a tiny ``anywidget`` with inline JavaScript (no ipympl, no JupyterLab extension to build). It writes the explorer's state (click and predictions per prompt) into the
-``data-sd4m-state`` attribute of its ``<img class="sd4m-click-image">``, so a browser test can read it.
+Coordinates: the explorer works in ``(x, y)`` pixels of the images resized to ``img_size × img_size`` (the paper's
+space), the annotator in pixels of the original image. Clicks arrive from the browser as fractions ``(u, v)`` of
+the displayed image (:func:`fraction_to_pixel`). The click widget is a tiny ``anywidget`` with inline JavaScript
+(no ipympl, no JupyterLab extension to build); it mirrors what it shows into the ``data-sd4m-state`` attribute of
+its ``<img class="sd4m-click-image">``, so a browser test can read it.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import anywidget
 import numpy as np
 import torch
-import torch.nn.functional as F
 import traitlets
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor
 
 from .cache import atomic_write_text
 from .data.custom import ANNOTATION_FILE, IMAGE_SUFFIXES, check_entry, format_annotations
 from .data.images import image_size, load_rgb
-from .matching import MATCHERS, cosine_maps, grid_to_pixel, match, pixel_to_grid, sample_descriptors
+from .matching import MATCHERS, ClickResult, explore_click
+from .viz import render_points_png, render_source_png, render_target_png
 
-__all__ = [
-    "Annotator", "AnnotatorWidget", "ClickImage", "ClickResult", "MatchExplorer", "click_to_match",
-    "explore_click", "format_annotations", "fraction_to_pixel", "nearest_keypoint", "own_pair", "pair_features",
-    "prompt_specs", "render_points_png", "render_source_png", "render_target_png", "top_k_peaks",
-]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# pure functions
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClickResult:
-    """What one prompt's features say about one clicked source point.
-
-    Attributes:
-        prompt: the prompt's label.
-        src_xy: ``(2,)`` the clicked source point ``(x, y)`` in ``img_size`` pixels.
-        pred_xy: ``(2,)`` the matcher's prediction on the target, ``img_size`` pixels.
-        heatmap: ``(h, w)`` cosine similarity of the source point's feature with every target cell.
-        topk_xy: ``(k, 2)`` the best candidate cells' centres in target ``img_size`` pixels, best first.
-        topk_score: ``(k,)`` their cosine similarities, non-increasing.
-        matcher: the matcher that made ``pred_xy``.
-        img_size: side of the resized images.
-    """
-
-    prompt: str
-    src_xy: np.ndarray
-    pred_xy: np.ndarray
-    heatmap: np.ndarray
-    topk_xy: np.ndarray
-    topk_score: np.ndarray
-    matcher: str
-    img_size: int
-
-    def as_dict(self) -> dict:
-        """JSON-friendly summary (no heat-map)."""
-        return {"prompt": self.prompt, "matcher": self.matcher, "src_xy": [float(v) for v in self.src_xy],
-                "pred_xy": [float(v) for v in self.pred_xy],
-                "topk": [{"x": float(x), "y": float(y), "score": float(s)}
-                         for (x, y), s in zip(self.topk_xy, self.topk_score)]}
+__all__ = ["Annotator", "AnnotatorWidget", "ClickImage", "MatchExplorer", "fraction_to_pixel", "nearest_keypoint",
+           "pair_features"]
 
 
 def fraction_to_pixel(u: float, v: float, width: int, height: int | None = None) -> tuple[float, float]:
@@ -98,74 +50,6 @@ def fraction_to_pixel(u: float, v: float, width: int, height: int | None = None)
     return x, y
 
 
-def top_k_peaks(heatmap: Tensor | np.ndarray, k: int = 5, min_distance: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` highest cells of a map, greedily skipping cells within ``min_distance`` cells (Chebyshev) of a
-    cell already taken, so the candidates are distinct places rather than neighbours of the best one.
-
-    Args:
-        heatmap: ``(h, w)`` scores.
-        k: number of candidates (fewer when the map runs out of cells).
-        min_distance: ``0`` gives the plain top-k cells.
-
-    Returns:
-        ``(cells, scores)``: ``(k', 2)`` int64 ``(x, y)`` cell coordinates and ``(k',)`` float64 scores, sorted
-        by score (highest first, ties by row-major cell order).
-    """
-    heat = heatmap.detach().cpu().double().numpy() if isinstance(heatmap, Tensor) else np.asarray(heatmap, np.float64)
-    if heat.ndim != 2:
-        raise ValueError(f"heatmap must have shape (h, w), got {heat.shape}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    h, w = heat.shape
-    order = np.argsort(-heat.reshape(-1), kind="stable")
-    cells: list[tuple[int, int]] = []
-    for idx in order:
-        y, x = divmod(int(idx), w)
-        if all(max(abs(x - cx), abs(y - cy)) > min_distance for cx, cy in cells):
-            cells.append((x, y))
-            if len(cells) == k:
-                break
-    xy = np.array(cells, dtype=np.int64).reshape(-1, 2)
-    return xy, heat[xy[:, 1], xy[:, 0]] if len(xy) else np.zeros(0)
-
-
-def click_to_match(src_feat: Tensor, trg_feat: Tensor, xy, img_size: int, matcher: str = "kernel_softmax",
-                   k: int = 5, min_distance: int = 1, prompt: str = "") -> ClickResult:
-    """Match one clicked source point with one prompt's features.
-
-    Args:
-        src_feat: ``(C, h, w)`` source feature map.
-        trg_feat: ``(C, h', w')`` target feature map.
-        xy: ``(2,)`` source point ``(x, y)`` in ``img_size`` pixels (clamped to the image).
-        img_size: side of the resized (square) images.
-        matcher: one of :data:`~sd4match_utils.matching.MATCHERS`.
-        k, min_distance: see :func:`top_k_peaks`.
-        prompt: label stored in the result.
-
-    Returns:
-        A :class:`ClickResult`; ``pred_xy`` equals :func:`~sd4match_utils.matching.match` on the same inputs.
-    """
-    if matcher not in MATCHERS:
-        raise ValueError(f"unknown matcher {matcher!r}; valid ones are: {', '.join(MATCHERS)}")
-    point = torch.as_tensor(np.asarray(xy, dtype=np.float64).reshape(1, 2), dtype=torch.float32)
-    point = point.clamp(0, img_size - 1).to(src_feat.device)
-    pred = match(src_feat, trg_feat, point, img_size, matcher)[0]
-    grid = pixel_to_grid(point, img_size, tuple(src_feat.shape[1:]))
-    heat = cosine_maps(sample_descriptors(src_feat, grid), trg_feat)[0]
-    cells, scores = top_k_peaks(heat, k, min_distance)
-    top_xy = grid_to_pixel(torch.as_tensor(cells, dtype=torch.float32), img_size, tuple(trg_feat.shape[1:]))
-    return ClickResult(prompt=prompt, src_xy=point[0].cpu().double().numpy(), pred_xy=pred.cpu().double().numpy(),
-                       heatmap=heat.cpu().numpy(), topk_xy=top_xy.double().numpy(), topk_score=scores,
-                       matcher=matcher, img_size=int(img_size))
-
-
-def explore_click(features: Mapping[str, tuple[Tensor, Tensor]], xy, img_size: int,
-                  matcher: str = "kernel_softmax", k: int = 5, min_distance: int = 1) -> dict[str, ClickResult]:
-    """:func:`click_to_match` for every prompt: ``{label: (src (C, h, w), trg (C, h, w))}`` → ``{label: result}``."""
-    return {label: click_to_match(src, trg, xy, img_size, matcher, k, min_distance, prompt=label)
-            for label, (src, trg) in features.items()}
-
-
 def nearest_keypoint(xy, kps, radius: float) -> int | None:
     """Index of the keypoint of ``(N, 2)`` ``kps`` nearest to ``(2,)`` ``xy`` when within ``radius``, else None."""
     if kps is None or len(kps) == 0:
@@ -175,33 +59,13 @@ def nearest_keypoint(xy, kps, radius: float) -> int | None:
     return i if d[i] <= radius else None
 
 
-def prompt_specs(prompts: Sequence[str], prompt_file: str | Path | None = None) -> dict[str, str]:
-    """``{label: spec}`` for :func:`pair_features`: each fixed prompt (``"empty"``, ``"text"``) under its own
-    name, then a learned prompt file under ``"learned"`` when one is given."""
-    specs = {str(p): str(p) for p in prompts}
-    if prompt_file:
-        specs["learned"] = str(prompt_file)
-    if not specs:
-        raise ValueError("give at least one prompt")
-    return specs
-
-
 @torch.no_grad()
 def pair_features(sd, sample, prompts: Mapping[str, str], layer: int = 1, timestep: int = 50, ensemble: int = 2,
                   img_size: int | None = None, seed: int = 0, batch_size: int = 8) -> dict[str, tuple[Tensor, Tensor]]:
-    """Features of a pair's two images under each prompt.
-
-    Args:
-        sd: a loaded model (:func:`~sd4match_utils.models.load_sd`).
-        sample: anything with ``src_image``, ``trg_image`` (PIL) and ``category`` (a ``PairSample`` or a
-            ``SimpleNamespace`` for two photos of your own).
-        prompts: ``{label: "empty" | "text" | path of a learned prompt file}`` (see :func:`prompt_specs`).
-        layer, timestep, ensemble, img_size, seed, batch_size: as in
-            :class:`~sd4match_utils.features.FeatureExtractor`.
-
-    Returns:
-        ``{label: (src (C, h, w), trg (C, h, w))}`` float32 on the CPU.
-    """
+    """Features ``{label: (src (C, h, w), trg (C, h, w))}`` (float32, CPU) of a pair's two images under each prompt
+    ``{label: "empty" | "text" | learned prompt file}`` of a loaded model ``sd``. ``sample``: anything with
+    ``src_image``, ``trg_image`` (PIL) and ``category`` (a ``PairSample``, or a ``SimpleNamespace`` for two photos
+    of your own); the rest as in :class:`~sd4match_utils.features.FeatureExtractor`."""
     from .conditioning import make_conditioning
     from .features import FeatureExtractor
 
@@ -214,111 +78,6 @@ def pair_features(sd, sample, prompts: Mapping[str, str], layer: int = 1, timest
         out[label] = (feats[0], feats[1])
     return out
 
-
-# --------------------------------------------------------------------------------------------------------------
-# drawing (PIL → PNG bytes)
-# --------------------------------------------------------------------------------------------------------------
-
-_YELLOW, _WHITE, _BLACK = (255, 217, 47), (255, 255, 255), (0, 0, 0)
-_PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0)]
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _font():
-    return ImageFont.load_default()
-
-
-def _dot(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill, outline=_BLACK, width: int = 1) -> None:
-    draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
-
-
-def _cross(draw: ImageDraw.ImageDraw, x: float, y: float, r: float) -> None:
-    for colour, w in ((_BLACK, 5), (_WHITE, 3)):
-        draw.line([x - r, y - r, x + r, y + r], fill=colour, width=w)
-        draw.line([x - r, y + r, x + r, y - r], fill=colour, width=w)
-
-
-def _square(image: Image.Image, display: int) -> Image.Image:
-    return image.convert("RGB").resize((display, display), Image.BILINEAR)
-
-
-def _heat_rgb(heatmap: np.ndarray, display: int, cmap: str = "jet") -> np.ndarray:
-    """``(h, w)`` map → ``(display, display, 3)`` uint8 colours, upsampled bilinearly with aligned corners (cell
-    ``j`` at pixel ``j·(display − 1)/(w − 1)``, as the matcher's grid), scaled to its own min..max."""
-    import matplotlib
-
-    t = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
-    up = F.interpolate(t, size=(display, display), mode="bilinear", align_corners=True)[0, 0].numpy()
-    lo, hi = float(up.min()), float(up.max())
-    norm = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
-    return (matplotlib.colormaps[cmap](norm)[..., :3] * 255).astype(np.uint8)
-
-
-def render_source_png(image: Image.Image, img_size: int, display: int = 256, click_xy=None, kps=None) -> bytes:
-    """The source image at ``display × display`` with the annotated keypoints (small hollow circles) and the
-    clicked point (yellow dot). Points are in ``img_size`` pixels."""
-    img = _square(image, display)
-    draw = ImageDraw.Draw(img)
-    s = display / img_size
-    if kps is not None:
-        for x, y in np.asarray(kps, dtype=np.float64).reshape(-1, 2):
-            draw.ellipse([(x + 0.5) * s - 3, (y + 0.5) * s - 3, (x + 0.5) * s + 3, (y + 0.5) * s + 3], outline=_WHITE)
-    if click_xy is not None:
-        x, y = np.asarray(click_xy, dtype=np.float64)
-        _dot(draw, (x + 0.5) * s, (y + 0.5) * s, 5, _YELLOW, width=2)
-    return _png(img)
-
-
-def render_target_png(image: Image.Image, result: ClickResult, display: int = 256, gt_xy=None,
-                      alpha: float = 0.5) -> bytes:
-    """The target image under the heat-map, with the top-k candidates (numbered dots, best = 1), the prediction
-    (white cross) and, when given, the ground truth (yellow dot), at ``display × display``."""
-    base = np.asarray(_square(image, display), dtype=np.float32)
-    mixed = (1 - alpha) * base + alpha * _heat_rgb(result.heatmap, display).astype(np.float32)
-    img = Image.fromarray(mixed.round().clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    s = display / result.img_size
-    font = _font()
-    for rank, (x, y) in reversed(list(enumerate(result.topk_xy, start=1))):
-        px, py = (x + 0.5) * s, (y + 0.5) * s
-        _dot(draw, px, py, 6, _WHITE)
-        draw.text((px, py), str(rank), fill=_BLACK, font=font, anchor="mm")
-    if gt_xy is not None:
-        gx, gy = np.asarray(gt_xy, dtype=np.float64)
-        _dot(draw, (gx + 0.5) * s, (gy + 0.5) * s, 5, _YELLOW, width=2)
-    px, py = result.pred_xy
-    _cross(draw, (px + 0.5) * s, (py + 0.5) * s, 7)
-    return _png(img)
-
-
-def render_points_png(image: Image.Image, points: Mapping[str, Sequence[float]], display: int = 384,
-                      highlight: str | None = None) -> bytes:
-    """An image ``display`` pixels wide (aspect kept) with named points ``{name: (x, y)}`` in original pixels,
-    each a coloured dot with its name; ``highlight`` gets a larger ring."""
-    w, h = image.size
-    scale = display / w
-    img = image.convert("RGB").resize((display, max(1, round(h * scale))), Image.BILINEAR)
-    draw = ImageDraw.Draw(img)
-    font = _font()
-    for i, (name, (x, y)) in enumerate(points.items()):
-        px, py = (x + 0.5) * scale, (y + 0.5) * scale
-        colour = _PALETTE[i % len(_PALETTE)]
-        if name == highlight:
-            draw.ellipse([px - 9, py - 9, px + 9, py + 9], outline=_YELLOW, width=3)
-        _dot(draw, px, py, 5, colour)
-        draw.text((px + 8, py - 6), name, fill=_WHITE, font=font, stroke_width=2, stroke_fill=_BLACK)
-    return _png(img)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# widgets
-# --------------------------------------------------------------------------------------------------------------
 
 _CLICK_ESM = r"""
 function render({ model, el }) {
@@ -510,11 +269,6 @@ class MatchExplorer:
             where += f" · nearest annotated keypoint: #{snapped}"
         return (f"<div>{where}</div><table class='sd4m-results'><tr><th>prompt</th><th>prediction</th>"
                 f"<th>error vs. ground truth</th><th>top-k candidates (x, y) cosine</th></tr>{''.join(rows)}</table>")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# annotation helper
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _as_xy(xy) -> tuple[float, float]:
@@ -795,7 +549,3 @@ class AnnotatorWidget:
         self._redraw(f"saved {len(self.annotator.entries)} image(s) to {path}")
         return path
 
-
-def own_pair(src_image, trg_image, category: str = "object") -> SimpleNamespace:
-    """Two photos of your own as the pair-like object :func:`pair_features` takes (no annotations needed)."""
-    return SimpleNamespace(src_image=src_image, trg_image=trg_image, category=category)
