@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-sweep", action="store_true", help="skip the layer × timestep table")
     p.add_argument("--out", type=Path, default=Path("benchmarks/mini"))
+    p.add_argument("--runs", type=Path, default=Path("runs/mini_targets"), help="folder of the trained prompts")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
                                   ["kernel_softmax"], layer=layer, progress=False))
     record("copy position", copy_position(test))
 
-    runs = args.out / "runs"
+    runs = args.runs
     for kind in ("single", "class", "cpm"):
         s = TrainSettings(prompt_type=kind, dataset="spair", data_root=str(roots["spair"]), model=args.model,
                           max_steps=args.train_steps, seed=args.seed, layer=layer, val_timestep=t,
