@@ -44,7 +44,7 @@ timesteps = [10, 50, 150, 261, 500]  # diffusion steps t to compare (paper: 50 a
 prompts = ["empty", "text"]  # fixed prompts: "empty" = "", "text" = "a photo of a {category}"
 ensemble = 2  # noise copies averaged per image (paper: 8)
 img_size = 0  # square resize in pixels; 0 = the model's native size (256 for mini, 384 for tiny, 768 for SD 2-1)
-precision = "fp32"  # "fp32", "bf16" or "fp16" (fp16 only on a GPU)
+precision = "auto"  # "auto": the fast path of the device and model (fp32 for mini / tiny on a CPU), or "fp32", "bf16", "fp16"
 device = "cpu"  # "cpu", "cuda", "cuda:1", ...
 seed = 0  # feature seed: the latent sample and the noise, drawn per image
 demo_timestep = -1  # timestep of the PCA and similarity figures; -1: the model's recommended one (SD 2-1: 50)

@@ -53,7 +53,7 @@ n_boot = 1000  # bootstrap replicates of the 95 % confidence intervals (0 for no
 n_show = 2  # best and worst pairs shown per dataset
 show_prompt = ""  # prompt of the best / worst figure (a name from the runs table); empty: the last prompt
 seed = 0  # feature seed (latent sample and noise, per image)
-precision = "fp32"  # "fp32", "bf16" or "fp16" (fp16 only on a GPU)
+precision = "auto"  # "auto": the fast path of the device and model (fp32 for mini / tiny on a CPU), or "fp32", "bf16", "fp16"
 device = "cpu"  # "cpu", "cuda", "cuda:1", ...
 dino = ""  # CPM prompt files: a DINOv2 (hub id or folder) replacing the one the file records; empty keeps it
 out_dir = "../figures"  # folder for the tables, figures and the metrics JSON
@@ -232,7 +232,7 @@ def md(table, index=True):  # a table as Markdown: levels flattened, α as given
 
 
 where = ", ".join(f"{bm.BENCHMARK_NAMES[d]}{' (synthetic data)' if s else ''}" for d, s in synthetic.items())
-caveat = ("\n> **Not comparable with the paper** (an embedded model and / or synthetic data): these numbers test the "
+caveat = ("\n> **not comparable with the paper** (an embedded model and / or synthetic data): these numbers test the "
           "pipeline, not the method.\n"
           if model in ("tiny", "mini") or any(synthetic.values()) else "")
 protocol = (f"`up_blocks[{layer}]`, t = {timestep}, E = {ensemble}, {img_size or 'native'} px, "

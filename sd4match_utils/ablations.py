@@ -156,13 +156,15 @@ def _effective(settings: TrainSettings | Mapping) -> dict:
     left at its :class:`TrainSettings` default dropped too (so a field added to ``TrainSettings`` later, with a
     default, neither renames old runs nor stops them from being reused)."""
     from .evaluate import apply_recommended
-    from .models import ModelNotAvailableError, recommended_for
+    from .models import ModelNotAvailableError, recommended_for, resolve_precision
 
     s = asdict(settings) if isinstance(settings, TrainSettings) else dict(settings)
     try:  # unset read-out settings mean the model's recommended ones, which the run records
         s = apply_recommended(s, recommended_for(s.get("model", "tiny")), timestep_key="train_timestep")
     except ModelNotAvailableError:
         pass
+    if s.get("precision") == "auto":  # likewise "auto" means the precision it resolves to, which the run records
+        s["precision"] = resolve_precision("auto", s.get("device", "cpu"), s.get("model"))
     defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
     out = {}
     for k, v in s.items():

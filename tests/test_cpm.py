@@ -280,9 +280,10 @@ def reuse_tiny_sd(tiny_sd, monkeypatch):
 
     real = models.load_sd
 
-    def load_sd(model="tiny", device="cpu", precision="fp32", seed=0):
-        same = model == "tiny" and str(device) == "cpu" and precision == "fp32" and seed == 0
-        return tiny_sd if same else real(model, device, precision, seed)
+    def load_sd(model="tiny", device="cpu", precision="fp32", seed=0, **options):
+        same = model == "tiny" and str(device) == "cpu" and precision in ("fp32", "auto") and seed == 0 and not any(
+            options.values())
+        return tiny_sd if same else real(model, device, precision, seed, **options)
 
     monkeypatch.setattr(models, "load_sd", load_sd)
 
