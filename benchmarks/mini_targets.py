@@ -35,14 +35,14 @@ from sd4match_utils.cache import atomic_write_json, atomic_write_text
 from sd4match_utils.conditioning import make_conditioning
 from sd4match_utils.data import ensure_synthetic, load_dataset
 from sd4match_utils.evaluate import predict, provenance
-from sd4match_utils.features import FeatureExtractor, feature_shapes, image_key, preprocess
+from sd4match_utils.features import FeatureExtractor, feature_shapes, preprocess
+from sd4match_utils.mini import ReusedFeatures
 from sd4match_utils.metrics import pck_records
 from sd4match_utils.models import SDModel, load_sd
 from sd4match_utils.train import TrainSettings, train
 
 import sd4match_utils.dino  # noqa: E402,F401 - every module the run uses, loaded before it starts
 import sd4match_utils.loss  # noqa: E402,F401
-import sd4match_utils.mini  # noqa: E402,F401
 
 
 def headline(df: pd.DataFrame, img_size: int) -> float:
@@ -137,23 +137,10 @@ def main(argv=None) -> int:
     if not args.no_sweep:
         val = load_dataset("spair", roots["spair"], "val", img_size=size)
         for ts in (25, 50, 100, 200, 400):
-            ex = FeatureExtractor(sd, layers=(0, 1, 2, 3), timestep=ts, ensemble=2, img_size=size, seed=args.seed)
-            cache: dict = {}
-
-            class _Reuse:  # one extraction per image for the four layers
-                img_size = size
-
-                def __call__(self, images, cond):
-                    keys = [image_key(im) for im in images]
-                    todo = [im for k, im in zip(keys, images) if k not in cache]
-                    if todo:
-                        out = ex(todo, cond)
-                        for j, im in enumerate(todo):
-                            cache[image_key(im)] = {lay: f[j] for lay, f in out.items()}
-                    return {lay: torch.stack([cache[k][lay] for k in keys]) for lay in range(4)}
-
+            reused = ReusedFeatures(FeatureExtractor(sd, layers=(0, 1, 2, 3), timestep=ts, ensemble=2,
+                                                     img_size=size, seed=args.seed))
             for lay in range(4):
-                df = predict(val, _Reuse(), make_conditioning(sd, "text"), ["kernel_softmax"], layer=lay,
+                df = predict(val, reused, make_conditioning(sd, "text"), ["kernel_softmax"], layer=lay,
                              progress=False)
                 sweep.append({"layer": lay, "timestep": ts, "pck": headline(df, size)})
         print(pd.DataFrame(sweep).pivot(index="layer", columns="timestep", values="pck"), flush=True)

@@ -342,9 +342,9 @@ class Pretrainer:
             for t in (25, 50, 100, 200, 400):
                 ex = FeatureExtractor(sd, layers=(1, 2, 3), timestep=t, ensemble=2, img_size=NATIVE_SIZE,
                                       seed=self.seed)
-                feats_cache = {}
+                reused = ReusedFeatures(ex)
                 for layer in (1, 2, 3):
-                    df = predict(ds, _Cached(ex, feats_cache), cond, ["kernel_softmax"], layer=layer,
+                    df = predict(ds, reused, cond, ["kernel_softmax"], layer=layer,
                                  progress=False)
                     rec = [r for r in pck_records(df, alphas=(0.1,), spaces=("resized",), img_size=NATIVE_SIZE)
                            if r["averaging"] == "per_image" and r["category"] == "all"][0]
@@ -545,11 +545,12 @@ def ship(model_dir: str | Path, dest: str | Path = MINI_DIR) -> Path:
     return dest
 
 
-class _Cached:
-    """A feature extractor wrapper that remembers maps per image key (to sweep layers without recomputing)."""
+class ReusedFeatures:
+    """A :class:`~sd4match_utils.features.FeatureExtractor` that keeps every image's maps (all its layers) by image
+    key, so a sweep over read-out layers extracts each image once. Returns ``{layer: (B, C, h, w)}``."""
 
-    def __init__(self, extractor, store: dict):
-        self.extractor, self.store = extractor, store
+    def __init__(self, extractor, store: dict | None = None):
+        self.extractor, self.store = extractor, {} if store is None else store
         self.img_size = extractor.img_size
 
     def __call__(self, images, cond):
@@ -561,7 +562,7 @@ class _Cached:
             feats = self.extractor([im for _, im in missing], cond)
             for j, (k, _) in enumerate(missing):
                 self.store[k] = {layer: f[j] for layer, f in feats.items()}
-        return {layer: torch.stack([self.store[k][layer] for k in keys]) for layer in (1, 2, 3)}
+        return {layer: torch.stack([self.store[k][layer] for k in keys]) for layer in self.extractor.layers}
 
 
 def _versions(package_version: str) -> dict:
