@@ -20,7 +20,6 @@ the README quotes).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -34,15 +33,18 @@ import torch.nn.functional as F
 from sd4match_utils.cache import atomic_write_json, atomic_write_text
 from sd4match_utils.conditioning import make_conditioning
 from sd4match_utils.data import ensure_synthetic, load_dataset
-from sd4match_utils.evaluate import predict, provenance
+from sd4match_utils.evaluate import predict
+from sd4match_utils.report import provenance
 from sd4match_utils.features import FeatureExtractor, feature_shapes, preprocess
-from sd4match_utils.mini import ReusedFeatures
 from sd4match_utils.metrics import pck_records
 from sd4match_utils.models import SDModel, load_sd
 from sd4match_utils.train import TrainSettings, train
+from sd4match_utils.cli import load_tool
 
 import sd4match_utils.dino  # noqa: E402,F401 - every module the run uses, loaded before it starts
 import sd4match_utils.loss  # noqa: E402,F401
+
+mini = load_tool("tools/pretrain_mini.py", "pretrain-mini")  # the architecture (for the random-weights twin)
 
 
 def headline(df: pd.DataFrame, img_size: int) -> float:
@@ -77,9 +79,7 @@ def copy_position(dataset) -> pd.DataFrame:
 
 def random_twin(sd: SDModel, seed: int) -> SDModel:
     """The same architecture with random weights (the pre-training's starting point)."""
-    from sd4match_utils.mini import build_mini_components
-
-    parts = build_mini_components(seed)
+    parts = mini.build_mini_components(seed)
     parts.pop("dino")
     return SDModel(**parts, identity={"model": "mini-random", "source": "embedded", "fingerprint": f"seed{seed}"},
                    recommended=sd.recommended)
@@ -137,12 +137,11 @@ def main(argv=None) -> int:
     if not args.no_sweep:
         val = load_dataset("spair", roots["spair"], "val", img_size=size)
         for ts in (25, 50, 100, 200, 400):
-            reused = ReusedFeatures(FeatureExtractor(sd, layers=(0, 1, 2, 3), timestep=ts, ensemble=2,
-                                                     img_size=size, seed=args.seed))
-            for lay in range(4):
-                df = predict(val, reused, make_conditioning(sd, "text"), ["kernel_softmax"], layer=lay,
-                             progress=False)
-                sweep.append({"layer": lay, "timestep": ts, "pck": headline(df, size)})
+            fx = FeatureExtractor(sd, layers=(0, 1, 2, 3), timestep=ts, ensemble=2, img_size=size, seed=args.seed)
+            preds = predict(val, fx, make_conditioning(sd, "text"), ["kernel_softmax"], layer=(0, 1, 2, 3),
+                            progress=False)  # every up-block from one UNet pass per image
+            for lay, df in preds.groupby("layer"):
+                sweep.append({"layer": int(lay), "timestep": ts, "pck": headline(df, size)})
         print(pd.DataFrame(sweep).pivot(index="layer", columns="timestep", values="pck"), flush=True)
 
     by = {r["method"]: r["pck"] for r in results}

@@ -75,7 +75,6 @@ run_dir = "../runs/00_quickstart"  # folder for the learned prompt and its evalu
 
 # %%
 # %matplotlib inline
-import os
 import time
 from pathlib import Path
 
@@ -83,39 +82,33 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from sd4match_utils import study, viz, widgets
-from sd4match_utils.cache import atomic_write_json
-from sd4match_utils.data import ANNOTATION_FILE, DATASETS, ensure_synthetic, load_dataset, write_example
-from sd4match_utils.evaluate import EvalSettings, headline, provenance, run_evaluation
-from sd4match_utils.matching import explore_click
+from sd4match_utils import viz, widgets
+from sd4match_utils.data import ANNOTATION_FILE, load_dataset, write_example
+from sd4match_utils.evaluate import EvalSettings, headline, run_evaluation
+from sd4match_utils.explore import explore_click
 from sd4match_utils.models import load_sd
+from sd4match_utils.report import NotebookRun, output_name
 from sd4match_utils.train import TrainSettings, train
 
-started = time.perf_counter()
-PARAMETERS = dict(model=model, dataset=dataset, data_root=data_root, split=split, pair_index=pair_index,
+run = NotebookRun("00_quickstart", dict(model=model, dataset=dataset, data_root=data_root, split=split, pair_index=pair_index,
                   prompts=prompts, prompt_file=prompt_file, layer=layer, timestep=timestep, ensemble=ensemble,
                   img_size=img_size, matcher=matcher, top_k=top_k, click_x=click_x, click_y=click_y,
                   display_size=display_size, precision=precision, device=device, seed=seed, custom_root=custom_root,
                   custom_img_size=custom_img_size, train_steps=train_steps, train_batch=train_batch, out_dir=out_dir,
-                  run_dir=run_dir)
-if dataset not in DATASETS:
-    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+                  run_dir=run_dir), out_dir)
 example_photos = not custom_root
 own_root = Path("../data/custom_example") if example_photos else Path(custom_root).expanduser()
 if example_photos and not (own_root / ANNOTATION_FILE).is_file():
     write_example(own_root)  # generated photos of bottles and cars with a few keypoints each
-if data_root:
-    root, synthetic = Path(data_root).expanduser(), False
-elif dataset == "custom":
+if dataset == "custom" and not data_root:
     root, synthetic = own_root, example_photos
 else:
-    root, synthetic = ensure_synthetic(Path("../data/synthetic"))[dataset], True
-out = Path(out_dir)
-names = {"explorer": study.output_name("00", "explorer", model, dataset, synthetic),
-         "custom_pair": study.output_name("00", "custom_pair", model, "custom", example_photos),
-         "custom_explorer": study.output_name("00", "custom_explorer", model, "custom", example_photos),
-         "summary": study.output_name("00", "summary", model, dataset, synthetic, suffix=".json")}
-show_progress = os.environ.get("TQDM_DISABLE", "").strip().lower() not in {"1", "true", "yes"}
+    root, synthetic = run.dataset_root(dataset, data_root)
+out = run.out
+names = {"explorer": output_name("00", "explorer", model, dataset, synthetic),
+         "custom_pair": output_name("00", "custom_pair", model, "custom", example_photos),
+         "custom_explorer": output_name("00", "custom_explorer", model, "custom", example_photos),
+         "summary": output_name("00", "summary", model, dataset, synthetic, suffix=".json")}
 print("data:", root.resolve(), "(generated)" if synthetic else "")
 print("your photos:", own_root.resolve(), "(generated example)" if example_photos else "")
 print("outputs:", out.resolve())
@@ -267,7 +260,7 @@ if annotated and train_steps > 0:
     summary = train(TrainSettings(prompt_type="single", dataset="custom", data_root=str(own_root), model=model,
                                   max_steps=train_steps, batch_size=train_batch, precision=precision, device=device,
                                   seed=seed, img_size=custom_img_size, save_every=max(train_steps, 1)),
-                    runs / "train", sd=sd, progress=show_progress)
+                    runs / "train", sd=sd, progress=run.progress)
     learned_file = str(runs / "train" / "prompt_best.safetensors")
     scores = {}
     for label, spec in (("text", "text"), ("learned", learned_file)):
@@ -310,20 +303,14 @@ if annotated:
 # trained), every parameter, the model's identity and the software versions.
 
 # %%
-summary_json = {
-    "notebook": "00_quickstart",
-    "settings": {**PARAMETERS, "img_size_used": size, "layer_used": layer, "timestep_used": timestep,
+run.write_metrics(out / names["summary"], {
+    "settings": {"img_size_used": size, "layer_used": layer, "timestep_used": timestep,
                  "synthetic_data": synthetic, "pair_id": sample.pair_id},
     "click": {label: r.as_dict() for label, r in results.items()},
     "custom": None if not annotated else {
         "root": str(own_root.resolve()), "example": example_photos,
         "pairs": {s: len(d) for s, d in own.items()}, "gain": gain},
-    "model": sd.identity,
-    "figures": {k: v for k, v in names.items() if k != "summary"},
-    "elapsed_s": round(time.perf_counter() - started, 1),
-    "provenance": provenance(),
-}
-atomic_write_json(out / names["summary"], summary_json)
+}, sd=sd, figures={k: v for k, v in names.items() if k != "summary"})
 print("wrote", out / names["summary"])
 
 # %% [markdown]

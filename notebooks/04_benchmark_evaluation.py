@@ -64,8 +64,6 @@ runs_dir = "../runs/04"  # folder of the evaluations (reused when the notebook r
 # protocol, the prompt names and the output names. Progress bars are off in headless runs (`TQDM_DISABLE=1`).
 
 # %%
-import os
-import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -73,30 +71,29 @@ from IPython.display import Markdown, display
 
 from sd4match_utils import benchmark as bm
 from sd4match_utils import viz
-from sd4match_utils.cache import atomic_write_json, atomic_write_text
-from sd4match_utils.evaluate import provenance
+from sd4match_utils.cache import atomic_write_text
 from sd4match_utils.models import recommended_for
+from sd4match_utils.report import NotebookRun
 
-started = time.perf_counter()
-PARAMETERS = dict(model=model, prompts=prompts, datasets=datasets, split=split, layer=layer, timestep=timestep,
-                  ensemble=ensemble, matchers=matchers, report_matcher=report_matcher, limit=limit, img_size=img_size,
-                  alphas=alphas, n_boot=n_boot, n_show=n_show, show_prompt=show_prompt, seed=seed,
-                  precision=precision, device=device, dino=dino, out_dir=out_dir, runs_dir=runs_dir)
+run = NotebookRun("04_benchmark_evaluation", dict(
+    model=model, prompts=prompts, datasets=datasets, split=split, layer=layer, timestep=timestep, ensemble=ensemble,
+    matchers=matchers, report_matcher=report_matcher, limit=limit, img_size=img_size, alphas=alphas, n_boot=n_boot,
+    n_show=n_show, show_prompt=show_prompt, seed=seed, precision=precision, device=device, dino=dino,
+    out_dir=out_dir, runs_dir=runs_dir), out_dir)
 recommended = recommended_for(model)  # the model folder's sd4match.json; SD 2-1: layer 1, t = 50
 layer = recommended["layer"] if layer < 0 else layer
 timestep = recommended["timestep"] if timestep < 0 else timestep
-resolved = bm.resolve_datasets(datasets, synthetic_root=Path("../data/synthetic"))
+resolved = bm.resolve_datasets(datasets, synthetic_root=run.synthetic_root)
 synthetic = {name: syn for name, (_, syn) in resolved.items()}
 named_prompts = bm.normalise_prompts(prompts)
 settings = bm.BenchmarkSettings(model=model, split=split, layer=layer, timestep=timestep, ensemble=ensemble,
                                 matchers=matchers, limit=limit or None, seed=seed, img_size=img_size or None,
                                 precision=precision, device=device, dino=dino or None)
 tag = bm.run_tag(model, synthetic)
-out, runs = Path(out_dir), Path(runs_dir)
+out, runs = run.out, Path(runs_dir)
 names = {what: f"04_{what}_{tag}.png" for what in ("overview", "matchers", "categories", "flags", "best_worst")}
 names.update(results=f"04_results_{tag}.csv", results_md=f"04_results_{tag}.md",
              comparison_md=f"04_reference_comparison_{tag}.md", metrics=f"04_metrics_{tag}.json")
-show_progress = os.environ.get("TQDM_DISABLE", "").strip().lower() not in {"1", "true", "yes"}
 paper_view = dict(matcher=report_matcher, space="resized")
 print("protocol:", {k: getattr(settings, k) for k in ("layer", "timestep", "ensemble", "limit", "img_size")},
       "· matchers:", ", ".join(settings.matchers))
@@ -113,8 +110,8 @@ print("runs:", runs.resolve(), "· outputs:", out.resolve())
 # everything is reused).
 
 # %%
-runs_table = bm.run_benchmark(datasets, named_prompts, settings, runs, synthetic_root=Path("../data/synthetic"),
-                              progress=show_progress)
+runs_table = bm.run_benchmark(datasets, named_prompts, settings, runs, synthetic_root=run.synthetic_root,
+                              progress=run.progress)
 display(runs_table[["dataset", "prompt", "kind", "status", "seconds", "n_pairs", "n_keypoints", "img_size"]])
 
 # %% [markdown]
@@ -256,9 +253,8 @@ comparison_md = (f"# Against the published numbers · {model}\n\nData: {where}. 
 atomic_write_text(out / names["comparison_md"], comparison_md)
 display(Markdown(comparison_md))
 
-metrics = {
-    "notebook": "04_benchmark_evaluation",
-    "settings": {**PARAMETERS, "protocol": {k: v for k, v in vars(settings).items()}, "prompts_named": named_prompts,
+run.write_metrics(out / names["metrics"], {
+    "settings": {"protocol": {k: v for k, v in vars(settings).items()}, "prompts_named": named_prompts,
                  "synthetic_data": synthetic, "roots": {d: str(Path(r).resolve()) for d, (r, _) in resolved.items()}},
     "runs": runs_table.to_dict("records"),
     "headline": bm.headline_table(results, with_ci=False, **paper_view).reset_index().to_dict("records"),
@@ -267,10 +263,7 @@ metrics = {
     "reference_comparison": comparison.to_dict("records"),
     "best_worst": {"prompt": shown, "pairs": selection.to_dict("records")},
     "files": {k: v for k, v in names.items() if k != "metrics" and (out / v).is_file()},
-    "elapsed_s": round(time.perf_counter() - started, 1),
-    "provenance": provenance(),
-}
-atomic_write_json(out / names["metrics"], metrics)
+})
 print("wrote", *(out / n for n in names.values() if (out / n).is_file()), sep="\n  ")
 
 # %% [markdown]

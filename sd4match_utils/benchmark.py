@@ -35,6 +35,7 @@ from .conditioning import FIXED_PROMPTS, inspect_prompt_file
 from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, parse_matchers, run_evaluation
 from .matching import MATCHERS
 from .metrics import ALPHAS, SPACES, bootstrap_ci, clamp_gt, pck_by_flag, pck_correct, pck_records
+from .settings import result_fields
 
 __all__ = [
     "BENCHMARK_NAMES", "CHANGE_COLUMNS", "COMPARISON_COLUMNS", "FLAG_COLUMNS", "NOT_COMPARABLE", "PAIR_COLUMNS",
@@ -78,7 +79,6 @@ REFERENCE_METHODS = {"cpm": "SD4Match-CPM", "text": "DIFT (SD2-1 zero-shot)", "e
 #: How rows made with the embedded default are labelled.
 NOT_COMPARABLE = "tiny (random weights), synthetic data — not comparable"
 
-_SETTINGS_NOT_IN_KEY = ("cache_dir", "dino_cache", "batch_size")
 _SIDE_FILE = "benchmark.json"
 
 
@@ -194,7 +194,7 @@ def run_tag(model: str, synthetic: Mapping[str, bool]) -> str:
     """``<model-tag>_<datasets>`` for output names, e.g. ``tiny_spair-pfpascal-synthetic`` when every dataset is
     the synthetic one, ``sd2-community--stable-diffusion-2-1_spair-pfwillow`` for real data (a mixed set tags
     each synthetic dataset)."""
-    from .study import dataset_tag, model_tag
+    from .report import dataset_tag, model_tag
 
     if not synthetic:
         raise ValueError("no datasets")
@@ -221,7 +221,7 @@ def row_label(model: str, prompt: str, synthetic: bool) -> str:
 def _run_key(es: EvalSettings) -> dict:
     """What must be equal for a finished evaluation to be reused: the settings (prompt path replaced by the file's
     content hash, data root resolved) minus those that do not change predictions."""
-    key = {k: v for k, v in asdict(es).items() if k not in _SETTINGS_NOT_IN_KEY}
+    key = result_fields(es)
     if es.prompt not in FIXED_PROMPTS:
         key["prompt"] = "sha256:" + file_sha256(Path(es.prompt).expanduser())
     return json.loads(json.dumps(key, default=str))

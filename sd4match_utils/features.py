@@ -12,6 +12,7 @@ resumed run reproduces an uninterrupted one exactly, and caches stay valid.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,6 +199,15 @@ class FeatureExtractor:
         self.cache = TensorCache(cache_dir) if cache_dir else None
         self._latents: dict[str, torch.Tensor] = {}
         self.extracted = 0  # images whose features this extractor computed (cache hits not counted)
+
+    def at(self, timestep: int) -> "FeatureExtractor":
+        """The same extractor at another diffusion step, sharing this one's latents (a VAE latent depends on the
+        image, not on ``t`` or the prompt) and cache: a timestep sweep runs each image through the VAE once."""
+        other = copy.copy(self)
+        other.timestep = int(timestep)
+        if not 0 <= other.timestep < len(self.sd.alphas_cumprod):
+            raise ValueError(f"timestep must be in [0, {len(self.sd.alphas_cumprod) - 1}], got {timestep}")
+        return other
 
     def settings(self) -> dict:
         """Everything that changes the features (recorded in result files and cache keys)."""

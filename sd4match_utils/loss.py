@@ -18,6 +18,12 @@ For one image pair and one keypoint:
 The pair's loss is the sum over keypoints divided by the number of *valid keypoints* (keypoints with at least
 one valid window point); the batch loss is the mean over the pairs that have at least one valid keypoint.
 
+Batches. :func:`pair_loss` takes one pair (maps ``(C, h, w)``, keypoints ``(N, 2)``) or a batch (maps
+``(B, C, h, w)``, keypoints ``(B, N, 2)`` with an optional boolean ``(B, N)`` mask of the real keypoints) and
+gives one loss per pair; :func:`batch_loss` averages them. A batch is one computation over all its pairs,
+keypoints and window points; pairs with different keypoint counts are padded and masked (:func:`batch_loss`
+does the padding when given one keypoint tensor per pair).
+
 Conventions fixed here:
 
 * ``log p(q)`` is the log of the bilinearly sampled *probability* (not a sample of ``log p``). It is computed
@@ -38,7 +44,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .matching import _bilinear_corners, cosine_maps, pixel_to_grid, sample_descriptors
+from .checks import FEAT, POINTS, check_mask, check_shape, same_batching
+from .matching import bilinear_corners, cosine_maps, pixel_to_grid, sample_descriptors
 
 __all__ = ["BETA", "WINDOW", "SIGMA", "BORDER_TOL", "gaussian_window", "pair_loss", "batch_loss"]
 
@@ -60,11 +67,14 @@ def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> tuple[Tensor, T
         sigma: Gaussian standard deviation in cells (> 0).
 
     Returns:
-        ``offsets``: ``(size², 2)`` float32 ``(dx, dy)`` in whole cells, each from ``−(size // 2)`` to
-        ``+(size // 2)``, row-major (``dy`` outer, ``dx`` inner), so the centre ``(0, 0)`` is at index
-        ``size² // 2``;
-        ``weights``: ``(size²,)`` float32 ``exp(−(dx² + dy²)/(2σ²)) / (2πσ²)``, *not* renormalised (their sum
-        is ≈ 0.965 for ``size = 7, sigma = 1.5``).
+        ``offsets``: float32 ``(dx, dy)`` in whole cells, each from ``−(size // 2)`` to ``+(size // 2)``,
+        row-major (``dy`` outer, ``dx`` inner), so the centre ``(0, 0)`` is at index ``size² // 2``;
+        ``weights``: float32 ``exp(−(dx² + dy²)/(2σ²)) / (2πσ²)``, *not* renormalised (their sum is ≈ 0.965 for
+        ``size = 7, sigma = 1.5``).
+
+    Shape:
+        - offsets: :math:`(K, 2)` with :math:`K = size^2`
+        - weights: :math:`(K)`
 
     Raises:
         ValueError: if ``size`` is not a positive odd integer or ``sigma`` is not positive.
@@ -86,87 +96,83 @@ def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> tuple[Tensor, T
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_feat(feat: Tensor, name: str) -> None:
-    if not isinstance(feat, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(feat).__name__}")
-    if feat.ndim != 3:
-        raise ValueError(f"{name} must have shape (C, h, w), got {tuple(feat.shape)}")
-    if not feat.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {feat.dtype}")
-    if feat.shape[1] < 2 or feat.shape[2] < 2:
-        raise ValueError(f"{name} must be at least 2 × 2 cells, got {tuple(feat.shape)}")
-
-
-def _check_kps(kps: Tensor, name: str) -> None:
-    if not isinstance(kps, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(kps).__name__}")
-    if kps.ndim != 2 or kps.shape[1] != 2:
-        raise ValueError(f"{name} must have shape (N, 2), got {tuple(kps.shape)}")
-
-
 def _zero(src_feat: Tensor, trg_feat: Tensor) -> Tensor:
     """A float32 scalar zero that is connected to both feature maps' graphs (so ``backward`` works)."""
     return (src_feat.sum() * 0).float() + (trg_feat.sum() * 0).float().to(src_feat.device)
 
 
-def _pair_terms(
+def _check_hyper(beta: float, window: int, sigma: float) -> tuple[Tensor, Tensor]:
+    """Validate the hyper-parameters; returns the Gaussian window (float32 offsets and weights)."""
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be positive, got {beta!r}")
+    return gaussian_window(window, sigma)  # validates window / sigma
+
+
+def _loss_terms(
     src_feat: Tensor,
     trg_feat: Tensor,
     src_kps: Tensor,
     trg_kps: Tensor,
+    real: Tensor,
     img_size: int | tuple[int, int],
     beta: float,
-    window: int,
-    sigma: float,
-) -> tuple[Tensor, int]:
-    """Summed keypoint loss of one pair (float32 scalar, graph-connected) and its number of valid keypoints."""
-    _check_feat(src_feat, "src_feat")
-    _check_feat(trg_feat, "trg_feat")
-    if src_feat.shape[0] != trg_feat.shape[0]:
-        raise ValueError(f"src_feat has {src_feat.shape[0]} channels but trg_feat has {trg_feat.shape[0]}")
-    _check_kps(src_kps, "src_kps")
-    _check_kps(trg_kps, "trg_kps")
-    if src_kps.shape[0] != trg_kps.shape[0]:
-        raise ValueError(f"src_kps has {src_kps.shape[0]} keypoints but trg_kps has {trg_kps.shape[0]}")
-    if not (beta > 0 and math.isfinite(beta)):
-        raise ValueError(f"beta must be positive, got {beta!r}")
-    offsets, weights = gaussian_window(window, sigma)  # validates window / sigma
+    offsets: Tensor,
+    weights: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Summed keypoint loss and number of valid keypoints of every pair of a batch, in one computation.
 
+    Args:
+        src_feat: ``(B, C, h_s, w_s)``; trg_feat: ``(B, C, h, w)`` (checked by the caller).
+        src_kps, trg_kps: ``(B, N, 2)`` pixels; real: ``(B, N)`` bool, ``False`` for padding.
+        offsets, weights: the Gaussian window, ``(K, 2)`` and ``(K,)``.
+
+    Returns:
+        ``(B,)`` float32 sums ``Σ_keypoints −Σ_valid G(o)·log p(g + o)`` (graph-connected) and ``(B,)`` int64
+        counts of valid keypoints.
+    """
+    b, n = src_kps.shape[:2]
     device = trg_feat.device
-    n = src_kps.shape[0]
     if n == 0:
-        return _zero(src_feat, trg_feat), 0
-    _, h, w = trg_feat.shape
-    src_hw = tuple(src_feat.shape[1:])
+        zero = _zero(src_feat, trg_feat).to(device)
+        return zero.expand(b), torch.zeros(b, dtype=torch.long, device=device)
+    h, w = trg_feat.shape[-2:]
+    src_hw = tuple(src_feat.shape[-2:])
+    real_src = real.to(src_feat.device)[..., None]
+    real = real.to(device)
 
-    # 1. source descriptors (N, C) and 2. log-probability maps (N, h·w), float32
-    src_xy_f = pixel_to_grid(src_kps.detach().to(device=src_feat.device, dtype=torch.float64), img_size, src_hw)
+    # 1. source descriptors (B, N, C) and 2. log-probability maps (B, N, h·w), float32; padded keypoints sit at
+    # pixel 0 (a finite point: their rows must not carry NaN into the gradient through the masked terms)
+    src_kps = src_kps.detach().to(device=src_feat.device, dtype=torch.float64)
+    src_xy_f = pixel_to_grid(torch.where(real_src, src_kps, torch.zeros_like(src_kps)), img_size, src_hw)
     desc = sample_descriptors(src_feat, src_xy_f.to(torch.float32))
-    logp = torch.log_softmax(cosine_maps(desc, trg_feat).reshape(n, h * w) / beta, dim=1)
+    logp = torch.log_softmax(cosine_maps(desc, trg_feat).reshape(b, n, h * w) / beta, dim=-1)
 
-    # 3. continuous ground truth on the target grid and 4. window points q = g + o, (N, K, 2) in float64
+    # 3. continuous ground truth on the target grid and 4. window points q = g + o, (B, N, K, 2) in float64
     g = pixel_to_grid(trg_kps.detach().to(device=device, dtype=torch.float64), img_size, (h, w))
-    q = g[:, None, :] + offsets.to(device=device, dtype=torch.float64)[None, :, :]
+    q = g[:, :, None, :] + offsets.to(device=device, dtype=torch.float64)
     qx, qy = q[..., 0], q[..., 1]
-    valid = (qx > BORDER_TOL) & (qx < w - 1 - BORDER_TOL) & (qy > BORDER_TOL) & (qy < h - 1 - BORDER_TOL)  # (N, K)
-    kp_valid = valid.any(dim=1)  # (N,)
-    n_valid = int(kp_valid.sum())
-    if n_valid == 0:
-        return _zero(src_feat, trg_feat), 0
+    valid = (qx > BORDER_TOL) & (qx < w - 1 - BORDER_TOL) & (qy > BORDER_TOL) & (qy < h - 1 - BORDER_TOL)
+    valid = valid & real[..., None]  # (B, N, K)
+    n_valid = valid.any(dim=-1).sum(dim=-1)  # (B,)
 
     # bilinear sample of p at every (valid) q, in log space; masked points are moved to a harmless cell
     k = offsets.shape[0]
-    q_safe = torch.where(valid[..., None], q, torch.full_like(q, 0.5)).reshape(n * k, 2)
-    x0, x1, y0, y1, fx, fy = _bilinear_corners(q_safe, h, w)
-    idx = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=1).reshape(n, k * 4)
-    corner_w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)  # (N·K, 4)
-    log_corner_w = torch.log(corner_w).to(torch.float32).reshape(n, k, 4)  # −inf where a corner has weight 0
-    log_pq = torch.logsumexp(log_corner_w + logp.gather(1, idx).reshape(n, k, 4), dim=2)  # (N, K)
+    q_safe = torch.where(valid[..., None], q, torch.full_like(q, 0.5))
+    x0, x1, y0, y1, fx, fy = bilinear_corners(q_safe, h, w)  # each (B, N, K)
+    idx = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1).reshape(b, n, k * 4)
+    corner_w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)  # (B, N, K, 4)
+    log_corner_w = torch.log(corner_w).to(torch.float32)  # −inf where a corner has weight 0
+    log_pq = torch.logsumexp(log_corner_w + logp.gather(2, idx).reshape(b, n, k, 4), dim=-1)  # (B, N, K)
 
-    # 5. −Σ_valid G(o) · log p(q), summed over keypoints
+    # 5. −Σ_valid G(o) · log p(q), summed over each pair's keypoints
     log_pq = torch.where(valid, log_pq, torch.zeros_like(log_pq))
-    total = -(weights.to(device)[None, :] * log_pq).sum()
+    total = -(weights.to(device) * log_pq).sum(dim=(1, 2))
     return total, n_valid
+
+
+def _pair_means(total: Tensor, n_valid: Tensor) -> Tensor:
+    """Per-pair loss: ``total / n_valid``, and ``0`` (still graph-connected) where ``n_valid`` is 0."""
+    return torch.where(n_valid > 0, total / n_valid.clamp_min(1), torch.zeros_like(total))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -181,62 +187,123 @@ def pair_loss(
     trg_kps: Tensor,
     img_size: int | tuple[int, int],
     *,
+    mask: Tensor | None = None,
     beta: float = BETA,
     window: int = WINDOW,
     sigma: float = SIGMA,
 ) -> Tensor:
-    """Gaussian-window cross-entropy of one image pair (see the module docstring for the rules).
+    """Gaussian-window cross-entropy of one image pair, or of each pair of a batch (module docstring: rules).
 
-    Differentiable with respect to both feature maps; vectorised over keypoints and window offsets.
+    Differentiable with respect to the feature maps; one computation over pairs, keypoints and window offsets.
 
     Args:
-        src_feat: ``(C, h_s, w_s)`` source feature map (any float dtype, e.g. bf16; computed in float32).
-        trg_feat: ``(C, h, w)`` target feature map (may differ in dtype and size from ``src_feat``).
-        src_kps: ``(N, 2)`` source keypoints ``(x, y)`` in pixels of the ``img_size`` image (points outside
-            it are clamped to the border when sampling the descriptor). ``N`` may be 0.
-        trg_kps: ``(N, 2)`` matching ground-truth target keypoints, same coordinates (not clamped: a window
-            centred outside the image keeps only its points that fall strictly inside the grid).
-        img_size: side of the square resized images, or ``(H, W)``; both images share it.
+        src_feat: source feature map(s) (any float dtype, e.g. bf16; computed in float32).
+        trg_feat: target feature map(s) (may differ in dtype and size from ``src_feat``).
+        src_kps: source keypoints ``(x, y)`` in pixels of the ``img_size`` image (points outside it are clamped
+            to the border when sampling the descriptor). ``N`` may be 0.
+        trg_kps: matching ground-truth target keypoints, same coordinates (not clamped: a window centred
+            outside the image keeps only its points that fall strictly inside the grid).
+        img_size: side of the square resized images, or ``(H, W)``; all images share it.
+        mask: ``True`` for real keypoints, ``False`` for padding; default all real.
         beta: softmax temperature (0.04).
         window: odd window side in cells (7).
         sigma: Gaussian σ in cells (1.5).
 
     Returns:
-        float32 scalar: ``Σ_keypoints −Σ_valid G(o)·log p(g + o)`` divided by the number of keypoints with at
-        least one valid window point. With no such keypoint (including ``N = 0``) it is ``0``, still connected
-        to both maps' graphs so that ``backward()`` works (and gives zero gradients).
+        float32 loss of each pair: ``Σ_keypoints −Σ_valid G(o)·log p(g + o)`` divided by the number of real
+        keypoints with at least one valid window point. With no such keypoint (including ``N = 0``) it is
+        ``0``, still connected to both maps' graphs so that ``backward()`` works (and gives zero gradients).
+
+    Shape:
+        - src_feat: :math:`(C, h_s, w_s)` or :math:`(B, C, h_s, w_s)`
+        - trg_feat: :math:`(C, h, w)` or :math:`(B, C, h, w)`
+        - src_kps, trg_kps: :math:`(N, 2)` or :math:`(B, N, 2)`
+        - mask: :math:`(N)` or :math:`(B, N)`, boolean
+        - Output: :math:`()` or :math:`(B)`; all arguments batched, or none
 
     Raises:
         ValueError / TypeError: on bad shapes, mismatched channel or keypoint counts, or bad hyper-parameters.
     """
-    total, n_valid = _pair_terms(src_feat, trg_feat, src_kps, trg_kps, img_size, beta, window, sigma)
-    return total / n_valid if n_valid else total
+    batched = same_batching(
+        ("src_feat", "trg_feat", "src_kps", "trg_kps"),
+        (src_feat, trg_feat, src_kps, trg_kps),
+        (
+            check_shape(src_feat, "src_feat", FEAT, floating=True, min_cells=True),
+            check_shape(trg_feat, "trg_feat", FEAT, floating=True, min_cells=True),
+            check_shape(src_kps, "src_kps", POINTS),
+            check_shape(trg_kps, "trg_kps", POINTS),
+        ),
+    )
+    if src_feat.shape[-3] != trg_feat.shape[-3]:
+        raise ValueError(f"src_feat has {src_feat.shape[-3]} channels but trg_feat has {trg_feat.shape[-3]}")
+    if src_kps.shape[-2] != trg_kps.shape[-2]:
+        raise ValueError(f"src_kps has {src_kps.shape[-2]} keypoints but trg_kps has {trg_kps.shape[-2]}")
+    offsets, weights = _check_hyper(beta, window, sigma)
+    real = check_mask(mask, src_kps, batched)
+    if not batched:
+        src_feat, trg_feat, src_kps, trg_kps = src_feat[None], trg_feat[None], src_kps[None], trg_kps[None]
+    total, n_valid = _loss_terms(src_feat, trg_feat, src_kps, trg_kps, real, img_size, beta, offsets, weights)
+    loss = _pair_means(total, n_valid)
+    return loss if batched else loss[0]
+
+
+def _pad_points(kps: Sequence[Tensor], lengths: Tensor) -> Tensor:
+    """``B`` tensors ``(N_b, 2)`` → one zero-padded float64 ``(B, max N_b, 2)`` tensor."""
+    device = kps[0].device
+    rows = [p.detach().to(device=device, dtype=torch.float64) for p in kps]
+    out = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    return out.reshape(len(rows), int(lengths.max()), 2)  # the reshape covers a batch of empty (0, 2) tensors
+
+
+def _stack_maps(feats: Tensor | Sequence[Tensor], name: str) -> Tensor | None:
+    """``(B, C, h, w)`` as given, or a sequence of ``(C, h, w)`` maps stacked (``None`` when their sizes differ)."""
+    if isinstance(feats, Tensor):
+        check_shape(feats, name, FEAT[1:], floating=True, min_cells=True)
+        return feats
+    for i, f in enumerate(feats):
+        check_shape(f, f"{name}[{i}]", FEAT[:1], floating=True, min_cells=True)
+    if len({tuple(f.shape) for f in feats}) > 1 or len({f.device for f in feats}) > 1:
+        return None
+    if len({f.dtype for f in feats}) > 1:
+        feats = [f.to(torch.float32) for f in feats]
+    return torch.stack(list(feats))
 
 
 def batch_loss(
     src_feats: Tensor | Sequence[Tensor],
     trg_feats: Tensor | Sequence[Tensor],
-    src_kps: Sequence[Tensor],
-    trg_kps: Sequence[Tensor],
+    src_kps: Tensor | Sequence[Tensor],
+    trg_kps: Tensor | Sequence[Tensor],
     img_size: int | tuple[int, int],
+    *,
+    mask: Tensor | None = None,
     **kw,
 ) -> Tensor:
-    """Mean of :func:`pair_loss` over the pairs of a batch.
+    """Mean of :func:`pair_loss` over the pairs of a batch, computed in one pass.
 
     Pairs without any valid keypoint (no keypoints, or all windows outside the grid) are *left out* of the
     mean rather than counted as zero, so they do not dilute the loss of the others; if no pair is valid the
     result is a graph-connected float32 zero.
 
     Args:
-        src_feats: ``(B, C, h_s, w_s)`` source maps (or a sequence of ``B`` ``(C, h_s, w_s)`` maps).
-        trg_feats: ``(B, C, h, w)`` target maps (or a sequence of ``B`` maps).
-        src_kps: ``B`` tensors of shape ``(N_b, 2)``, pixels of the ``img_size`` image (``N_b`` may differ).
-        trg_kps: ``B`` tensors of shape ``(N_b, 2)``.
+        src_feats: source maps, a ``(B, C, h_s, w_s)`` tensor or a sequence of ``B`` ``(C, h_s, w_s)`` maps.
+        trg_feats: target maps, likewise.
+        src_kps: source keypoints in pixels of the ``img_size`` image: a padded ``(B, N, 2)`` tensor (with
+            ``mask``), or ``B`` tensors of shape ``(N_b, 2)`` (``N_b`` may differ; padded here).
+        trg_kps: matching target keypoints, in the same form as ``src_kps``.
         img_size: side of the square resized images, or ``(H, W)``.
+        mask: ``(B, N)`` boolean mask of the real keypoints for tensor ``src_kps`` / ``trg_kps``.
         **kw: ``beta``, ``window``, ``sigma`` of :func:`pair_loss`.
 
     Returns:
         float32 scalar.
+
+    Shape:
+        - src_feats: :math:`(B, C, h_s, w_s)` or ``B`` × :math:`(C, h_s, w_s)`
+        - trg_feats: :math:`(B, C, h, w)` or ``B`` × :math:`(C, h, w)`
+        - src_kps, trg_kps: :math:`(B, N, 2)` or ``B`` × :math:`(N_b, 2)`
+        - mask: :math:`(B, N)`, boolean (tensor keypoints only)
+        - Output: :math:`()`
     """
     unknown = set(kw) - {"beta", "window", "sigma"}
     if unknown:
@@ -250,17 +317,42 @@ def batch_loss(
         )
     if b == 0:
         raise ValueError("empty batch")
-    losses = []
-    zero = None
-    for i in range(b):
-        total, n_valid = _pair_terms(
-            src_feats[i], trg_feats[i], src_kps[i], trg_kps[i], img_size, beta, window, sigma
-        )
-        if n_valid:
-            losses.append(total / n_valid)
-        else:
-            zero = total if zero is None else zero + total
-    if not losses:
-        return zero
-    out = torch.stack(losses).mean()
-    return out if zero is None else out + zero.to(out.device)
+    offsets, weights = _check_hyper(beta, window, sigma)
+
+    if isinstance(src_kps, Tensor) != isinstance(trg_kps, Tensor):
+        raise TypeError("src_kps and trg_kps must both be tensors or both be sequences of tensors")
+    if isinstance(src_kps, Tensor):
+        check_shape(src_kps, "src_kps", POINTS[1:])
+        check_shape(trg_kps, "trg_kps", POINTS[1:])
+        if src_kps.shape[1] != trg_kps.shape[1]:
+            raise ValueError(f"src_kps has {src_kps.shape[1]} keypoints but trg_kps has {trg_kps.shape[1]}")
+        real = check_mask(mask, src_kps, True)
+    else:
+        if mask is not None:
+            raise ValueError("mask goes with padded (B, N, 2) keypoint tensors; sequences are padded here")
+        for i, (s, t) in enumerate(zip(src_kps, trg_kps)):
+            check_shape(s, f"src_kps[{i}]", POINTS[:1])
+            check_shape(t, f"trg_kps[{i}]", POINTS[:1])
+            if s.shape[0] != t.shape[0]:
+                raise ValueError(f"pair {i}: {s.shape[0]} source but {t.shape[0]} target keypoints")
+        lengths = torch.tensor([p.shape[0] for p in src_kps])
+        real = (torch.arange(int(lengths.max())) < lengths[:, None]).to(src_kps[0].device)  # (B, N)
+        src_kps, trg_kps = _pad_points(src_kps, lengths), _pad_points(trg_kps, lengths)
+
+    src, trg = _stack_maps(src_feats, "src_feats"), _stack_maps(trg_feats, "trg_feats")
+    if src is not None and trg is not None:
+        if src.shape[1] != trg.shape[1]:
+            raise ValueError(f"src_feats have {src.shape[1]} channels but trg_feats have {trg.shape[1]}")
+        total, n_valid = _loss_terms(src, trg, src_kps, trg_kps, real, img_size, beta, offsets, weights)
+    else:  # maps of different sizes cannot be stacked: one pass per pair (not the training path)
+        terms = [
+            _loss_terms(s[None], t[None], src_kps[i : i + 1], trg_kps[i : i + 1], real[i : i + 1], img_size, beta,
+                        offsets, weights)
+            for i, (s, t) in enumerate(zip(src_feats, trg_feats))
+        ]
+        total = torch.cat([t.to(terms[0][0].device) for t, _ in terms])
+        n_valid = torch.cat([v.to(terms[0][1].device) for _, v in terms])
+    # pairs without a valid keypoint add an exact 0 to the sum and nothing to the count; every map stays in the
+    # graph (with zero gradients where nothing is valid), and nothing waits on a device-to-host copy
+    n_pairs = (n_valid > 0).sum().clamp_min(1)
+    return _pair_means(total, n_valid).sum() / n_pairs

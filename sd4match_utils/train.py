@@ -21,19 +21,24 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .cache import atomic_save_tensors, atomic_write_json, atomic_write_text, locked_folder
+from .cache import atomic_save_tensors, atomic_write_bytes, atomic_write_json, locked_folder
 from .checks import check_device, check_img_size, check_limit, check_positive, check_writable_folder
-from .conditioning import Conditioning, ConditionalPrompt, LearnedPrompt, make_conditioning
-from .features import FeatureExtractor, add_noise, image_key, unet_readout
+from .conditioning import CPM_FEATURES, CPM_MODES, Conditioning, ConditionalPrompt, LearnedPrompt, make_conditioning
+from .data import DATASETS
+from .features import FeatureExtractor, add_noise, unet_readout
 from .loss import batch_loss
+from .settings import option, result_fields, shared
 
 PROMPT_TYPES = ("single", "class", "cpm")
 LOG_COLUMNS = ["kind", "step", "epoch", "loss", "val_pck", "lr", "pairs_seen", "seconds"]
@@ -42,48 +47,61 @@ RUN_FILES = ("checkpoint.safetensors", "prompt_best.safetensors", "prompt_last.s
              "summary.json", "settings.json")
 
 
+#: Settings that change the learned prompt but may differ when a run is resumed (to train it longer).
+RUN_LENGTH = ("epochs", "max_steps")
+
+
 class RunExistsError(ValueError):
     """The output folder already holds a training run and neither resuming nor overwriting was asked for."""
 
 
 @dataclass
 class TrainSettings:
-    """Everything that determines a training run (saved as ``settings.json`` and in every prompt file)."""
+    """Everything that determines a training run (saved as ``settings.json`` and in every prompt file).
 
-    prompt_type: str
-    dataset: str
-    data_root: str
-    model: str = "tiny"
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int = 3
-    grad_accum: int = 1
-    lr: float = 1e-2
-    layer: int | None = None  # up-block read out; None: the model's recommended (SD 2-1: 1)
-    timestep: int | None = None  # training timestep; None: the model's recommended (SD 2-1: 261)
-    val_timestep: int | None = None  # validation timestep; None: the model's recommended test one (SD 2-1: 50)
-    precision: str = "fp32"
-    device: str = "cpu"
-    seed: int = 0
-    img_size: int | None = None
-    n_tokens: int = 75
-    init: str = "random"
-    latent: str = "sample"
-    train_split: str = "trn"
-    val_split: str = "val"
-    train_limit: int | None = None
-    val_limit: int | None = None
-    save_every: int = 25
-    gradient_checkpointing: bool = False
+    Each field declares its ``sd4match train`` option and whether it changes the learned prompt (``result``, see
+    :mod:`~sd4match_utils.settings`); those that do, but the run length, must match when a run is resumed."""
+
+    prompt_type: str = option(choices=PROMPT_TYPES)
+    dataset: str = option(choices=DATASETS)
+    data_root: str = option(type=Path)
+    model: str = shared("model", "tiny")
+    epochs: int | None = option(None, "passes over the training split (paper: SPair 5, PF-Pascal 90)", one_of="length")
+    max_steps: int | None = option(None, "optimiser steps", one_of="length")
+    batch_size: int = option(3, "pairs per process per micro-batch (paper: 3)")
+    grad_accum: int = option(1, "micro-batches per optimiser step")
+    lr: float = option(1e-2, "Adam learning rate (paper: 1e-2)")
+    layer: int | None = option(None, "up-block whose features are matched (default: the model's recommended; SD 2-1: "
+                                     "1)", choices=[0, 1, 2, 3])
+    timestep: int | None = option(None, "training timestep (default: the model's recommended; SD 2-1: 261, the "
+                                        "paper's)")
+    val_timestep: int | None = option(None, "timestep of the per-epoch validation (default: the model's recommended "
+                                            "test one; SD 2-1: 50)")
+    precision: str = shared("precision", "fp32")
+    device: str = shared("device", "cpu")
+    seed: int = shared("seed", 0)
+    img_size: int | None = shared("img_size", None)
+    n_tokens: int = option(75, "learned prompt length (paper: 75)")
+    init: str = option("random", "prompt initialisation", choices=["random", "text", "empty"])
+    latent: str = shared("latent", "sample")
+    train_split: str = option("trn", "split the prompt is learned on", choices=["trn", "val", "test"])
+    val_split: str = option("val", "split of the per-epoch validation", choices=["trn", "val", "test"])
+    train_limit: int | None = option(None, "use only the first N training pairs")
+    val_limit: int | None = option(None, "validate on the first N validation pairs")
+    save_every: int = option(25, "checkpoint every N steps (and every epoch)", result=False)
+    # counts: recomputing the activations gives the same step up to rounding, not bit for bit
+    gradient_checkpointing: bool = option(False, "trade compute for UNet activation memory")
     # CPM only (SPEC §4): linear-layer learning rate, token counts, ablation modes, DINOv2 (None: "tiny" for the
     # tiny model, else facebook/dinov2-base) and an optional DINOv2 feature cache (results do not depend on it)
-    lr_linear: float = 1e-3
-    n_global: int = 25
-    n_cond: int = 50
-    cpm_mode: str = "pair"
-    cpm_features: str = "patch"
-    dino: str | None = None
-    dino_cache: str | None = None
+    lr_linear: float = option(1e-3, "CPM: learning rate of linear_C / linear_N (paper: 1e-3)")
+    n_global: int = option(25, "CPM: global tokens G (paper: 25)")
+    n_cond: int = option(50, "CPM: conditional tokens C, G + C <= 75 (paper: 50)")
+    cpm_mode: str = option("pair", "CPM: condition on both images (paper) or the source image only", choices=CPM_MODES)
+    cpm_features: str = option("patch", "CPM: DINOv2 patch tokens (paper, 'Feat') or their mean ('Head')",
+                               choices=CPM_FEATURES)
+    dino: str | None = option(None, "CPM: DINOv2 ('tiny', 'mini', hub id or folder; default: the embedded one for "
+                                    "--model tiny / mini, else facebook/dinov2-base)")
+    dino_cache: str | None = shared("dino_cache", None)
 
     def __post_init__(self):
         if self.dino is None:
@@ -258,6 +276,7 @@ class Trainer:
             total = min(total, settings.epochs * self.steps_per_epoch)
         self.total_steps = total
         self.step, self.best_pck, self.best_step, self.log_rows = 0, -math.inf, 0, []
+        self._log_saved, self._log_bytes = 0, 0  # rows of log_rows in log.csv, and that file's length
 
     # -------------------------------------------------------------------------------------------- state
     def _meta(self) -> dict:
@@ -267,16 +286,17 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.rank != 0:
             return
+        self._write_log()  # before the checkpoint, which records how much of log.csv belongs to it
         tensors = {f"prompt.{k}": v.detach().float().cpu() for k, v in self.prompt.state_dict().items()}
         for i, st in self.optimizer.state_dict()["state"].items():
             for k, v in st.items():
                 tensors[f"adam.{i}.{k}"] = torch.as_tensor(v).detach().float().cpu().reshape(-1) if k == "step" \
                     else v.detach().cpu()
         progress = {"step": self.step, "best_pck": self.best_pck, "best_step": self.best_step,
-                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                    "log_bytes": self._log_bytes}
         atomic_save_tensors(self.out / "checkpoint.safetensors", tensors, {"progress": progress, **self._meta()})
         self.prompt.save(self.out / "prompt_last.safetensors", self.sd, {"step": self.step, **self._meta()})
-        self._write_log()
 
     def load_checkpoint(self) -> bool:
         from safetensors import safe_open
@@ -288,9 +308,9 @@ class Trainer:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         saved = json.loads(meta["settings"])
-        mine = asdict(self.s)
-        differ = {k: (saved.get(k), v) for k, v in mine.items()
-                  if k not in ("epochs", "max_steps", "save_every", "dino_cache") and saved.get(k) != v}
+        # the settings that change the prompt must match, but the run length: a resumed run may be extended
+        differ = {k: (saved.get(k), v) for k, v in result_fields(self.s).items()
+                  if k not in RUN_LENGTH and saved.get(k) != v}
         if differ:
             raise ValueError(f"{path}: cannot resume, settings differ (saved, now): {differ}")
         self.prompt.load_state_dict({k[len("prompt."):]: v.to(self.device) for k, v in tensors.items()
@@ -306,18 +326,52 @@ class Trainer:
         self.step, self.best_pck, self.best_step = progress["step"], progress["best_pck"], progress["best_step"]
         if progress.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(progress["scaler"])
-        log = self.out / "log.csv"
-        if log.is_file():  # drop rows written after the checkpoint (a crash between log and checkpoint writes)
-            rows = list(csv.DictReader(io.StringIO(log.read_text())))
-            self.log_rows = [r for r in rows if int(r["step"]) <= self.step]
+        self._restore_log(progress.get("log_bytes"))
         return True
 
+    def _restore_log(self, log_bytes: int | None) -> None:
+        """Cut ``log.csv`` back to what the checkpoint saw and read its rows: rows appended after it (a crash between
+        the log append and the checkpoint write) and a half-written row go, so the resumed run continues the file
+        with exactly the rows an uninterrupted run writes next."""
+        path = self.out / "log.csv"
+        data = path.read_bytes() if path.is_file() else b""
+        if log_bytes is not None and len(data) >= log_bytes:
+            data = data[:log_bytes]
+            if self.rank == 0 and path.stat().st_size > log_bytes:
+                os.truncate(path, log_bytes)
+        elif data:  # no recorded length (older checkpoint) or a shortened file: keep whole rows up to its step
+            lines = data.decode("utf-8").splitlines(keepends=True)
+            whole = [line for line in lines if line.endswith("\n") and line.strip()]
+            header, rows = whole[:1], whole[1:]
+            keep = [line for line, r in zip(rows, csv.DictReader(io.StringIO("".join(header + rows))))
+                    if r["step"] and int(r["step"]) <= self.step]
+            data = "".join(header + keep).encode("utf-8")
+            if self.rank == 0:
+                atomic_write_bytes(path, data)
+        self.log_rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+        self._log_saved, self._log_bytes = len(self.log_rows), len(data)
+
     def _write_log(self) -> None:
+        """Add the rows not yet in ``log.csv`` at its end (the header with the first ones): each row is written once,
+        not the whole log at every save. A crash mid-write leaves at most a partial tail beyond the length the last
+        checkpoint recorded, which :meth:`_restore_log` cuts off on resume."""
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
-        w.writeheader()
-        w.writerows(self.log_rows)
-        atomic_write_text(self.out / "log.csv", buf.getvalue())
+        if self._log_bytes == 0:
+            w.writeheader()
+        w.writerows(self.log_rows[self._log_saved:])
+        data = buf.getvalue().encode("utf-8")
+        path = self.out / "log.csv"
+        if self._log_bytes == 0:  # a new log replaces whatever an earlier, never checkpointed start left
+            atomic_write_bytes(path, data)
+        elif data:
+            with open(path, "r+b") as f:
+                f.seek(self._log_bytes)
+                f.write(data)
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
+        self._log_saved, self._log_bytes = len(self.log_rows), self._log_bytes + len(data)
 
     # --------------------------------------------------------------------------------------------- steps
     def _micro_batch(self, k: int) -> list[int]:
@@ -458,3 +512,70 @@ def train(settings: TrainSettings, out_dir, resume: bool = False, sd=None, progr
 @contextmanager
 def _no_lock():
     yield
+
+
+# --------------------------------------------------------------------------------------------------------------
+# runs named by their settings: a notebook re-run, or two ablations sharing a setting, train once
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_identity(settings: TrainSettings | dict) -> dict:
+    """The settings that define what a run learns: the fields that change the result (``result=True`` in
+    :mod:`~sd4match_utils.settings`), with the model's recommended read-out filled in, ``precision="auto"``
+    resolved and ``data_root`` made absolute. Fields left at their default are dropped, so a field added later
+    with a default neither renames old runs nor stops their reuse."""
+    from dataclasses import MISSING, fields
+
+    from .evaluate import apply_recommended
+    from .models import ModelNotAvailableError, recommended_for, resolve_precision
+
+    s = asdict(settings) if isinstance(settings, TrainSettings) else dict(settings)
+    try:
+        s = apply_recommended(s, recommended_for(s.get("model", "tiny")), timestep_key="train_timestep")
+    except ModelNotAvailableError:
+        pass
+    if s.get("precision") == "auto":
+        s["precision"] = resolve_precision("auto", s.get("device", "cpu"), s.get("model"))
+    if s.get("data_root"):
+        s["data_root"] = str(Path(s["data_root"]).expanduser().resolve())
+    defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
+    kept = {f.name for f in fields(TrainSettings) if f.metadata.get("result", True)}
+    return {k: v for k, v in s.items() if k in kept and not (k in defaults and v == defaults[k])}
+
+
+def run_dir(settings: TrainSettings, out_root: str | Path, model_fingerprint: str = "") -> Path:
+    """``out_root/<type>_n<tokens>_<init>_lr<lr>_t<timestep>_<steps>_<key>``: readable, and unique per run
+    (``key``: 12 hex digits of :func:`run_identity` and the model's weight fingerprint)."""
+    ident = run_identity(settings)
+    key = hashlib.sha256(json.dumps([ident, model_fingerprint], sort_keys=True, default=str).encode()).hexdigest()
+    steps = f"s{settings.max_steps}" if settings.max_steps is not None else f"e{settings.epochs}"
+    return Path(out_root) / (f"{settings.prompt_type}_n{settings.n_tokens}_{settings.init}_lr{settings.lr:g}"
+                             f"_t{ident.get('timestep', settings.timestep)}_{steps}_{key[:12]}")
+
+
+def read_summary(folder: str | Path) -> dict | None:
+    """A run's ``summary.json`` (``None`` when missing or unreadable)."""
+    try:
+        return json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(folder: str | Path, settings: TrainSettings | None = None) -> bool:
+    """Whether ``folder`` holds a completed run (all steps, both prompt files), of ``settings`` when given."""
+    summary = read_summary(folder)
+    if not summary or summary.get("steps") is None or summary["steps"] < summary.get("total_steps", math.inf):
+        return False
+    if not all((Path(folder) / f"prompt_{w}.safetensors").is_file() for w in ("best", "last")):
+        return False
+    return settings is None or run_identity(summary.get("settings", {})) == run_identity(settings)
+
+
+def train_or_reuse(settings: TrainSettings, out_root: str | Path, sd, progress: bool = False) -> tuple[Path, bool]:
+    """Train ``settings`` into :func:`run_dir` unless that run already finished there (an interrupted one is
+    resumed). Returns ``(run folder, reused)``."""
+    folder = run_dir(settings, out_root, sd.identity.get("fingerprint", ""))
+    if is_finished(folder, settings):
+        return folder, True
+    train(settings, folder, resume=True, sd=sd, progress=progress)
+    return folder, False

@@ -1,7 +1,7 @@
 """The quick-start notebook's widgets: the click match explorer and the keypoint annotator (notebook 00).
 
 :class:`MatchExplorer`: click a point on the source image and see, for several prompts side by side, where it lands
-on the target (the maths is :func:`~sd4match_utils.matching.explore_click`: the prediction, the cosine heat-map of
+on the target (the maths is :func:`~sd4match_utils.explore.explore_click`: the prediction, the cosine heat-map of
 the point against every target cell and the ``k`` best distinct cells), drawn as PNGs by
 :func:`~sd4match_utils.viz.render_target_png`.
 :class:`Annotator` edits ``annotations.json`` of a custom dataset (:mod:`sd4match_utils.data.custom`) point by
@@ -34,7 +34,8 @@ from torch import Tensor
 from .cache import atomic_write_text
 from .data.custom import ANNOTATION_FILE, IMAGE_SUFFIXES, check_entry, format_annotations
 from .data.images import image_size, load_rgb
-from .matching import MATCHERS, ClickResult, explore_click
+from .explore import ClickResult, explore_click
+from .matching import MATCHERS
 from .viz import render_points_png, render_source_png, render_target_png
 
 __all__ = ["Annotator", "AnnotatorWidget", "ClickImage", "MatchExplorer", "fraction_to_pixel", "nearest_keypoint",

@@ -6,6 +6,7 @@ The environment variables are set before anything imports ``huggingface_hub`` (i
 
 import os
 import tempfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sd4match-hf-")
@@ -15,6 +16,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="session")
+def notebook_path():
+    """``notebook_path(stem, suffix=".ipynb")``: the path of a committed notebook (or, with ``suffix=".py"``, of its
+    jupytext ``py:percent`` script) in ``notebooks/``."""
+    return lambda stem, suffix=".ipynb": NOTEBOOKS / f"{stem}{suffix}"
 
 
 @pytest.fixture(scope="session")

@@ -153,11 +153,6 @@ def test_spair_missing_root(tmp_path: Path):
         load_dataset("spair", tmp_path / "nowhere", "test")
 
 
-def test_spair_missing_split(spair_root: Path):
-    with raises_naming("val.txt"):
-        load_dataset("spair", spair_root, "val")
-
-
 def test_spair_malformed_layout_line(spair_root: Path):
     (spair_root / "Layout" / "large" / "test.txt").write_text("000001-2008_000001:cat\n")
     with raises_naming("test.txt"):
@@ -319,11 +314,6 @@ def test_pfpascal_missing_data_folder(tmp_path: Path):
         load_dataset("pfpascal", tmp_path / "PF-Pascal", "test")
 
 
-def test_pfpascal_missing_split(pascal_root: Path):
-    with raises_naming("val_pairs.csv"):
-        load_dataset("pfpascal", pascal_root, "val")
-
-
 def test_pfpascal_missing_column(pascal_root: Path):
     write_csv(pascal_root / "test_pairs.csv", [["source_image", "class"], ["2009_000001.jpg", 8]])
     with raises_naming("test_pairs.csv") as err:
@@ -431,11 +421,6 @@ def test_pfwillow_parsing_and_threshold(willow_root: Path):
     assert ds[1].src_image.mode == "RGB"  # from palette
 
 
-def test_pfwillow_other_split_missing(willow_root: Path):
-    with raises_naming("trn_pairs.csv"):
-        load_dataset("pfwillow", willow_root, "trn")
-
-
 def test_pfwillow_missing_data_folder(tmp_path: Path):
     write_csv(tmp_path / "test_pairs.csv", [HEADER])
     with raises_naming("PF-dataset"):
@@ -520,6 +505,14 @@ def test_palette_with_transparency_to_rgb():
     img.info["transparency"] = 0
     out = to_rgb(img)
     assert out.mode == "RGB" and out.getpixel((0, 0)) == (10, 200, 30)
+
+
+@pytest.mark.parametrize("name,root,split,missing", [("spair", "spair_root", "val", "val.txt"),
+                                                     ("pfpascal", "pascal_root", "val", "val_pairs.csv"),
+                                                     ("pfwillow", "willow_root", "trn", "trn_pairs.csv")])
+def test_missing_split_names_its_file(request, name, root, split, missing):
+    with raises_naming(missing):
+        load_dataset(name, request.getfixturevalue(root), split)
 
 
 def test_load_dataset_unknown_name(tmp_path: Path):

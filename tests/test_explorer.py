@@ -16,8 +16,8 @@ from PIL import Image
 
 from sd4match_utils import viz, widgets
 from sd4match_utils.data import load_dataset
-from sd4match_utils.matching import (MATCHERS, click_to_match, cosine_maps, explore_click, match, pixel_to_grid,
-                                     sample_descriptors, top_k_peaks)
+from sd4match_utils.explore import click_to_match, explore_click, top_k_peaks
+from sd4match_utils.matching import MATCHERS, cosine_maps, match, pixel_to_grid, sample_descriptors
 
 
 @pytest.fixture

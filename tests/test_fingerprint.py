@@ -92,11 +92,11 @@ def test_local_weights_are_hashed_once_and_again_when_changed(saved, tmp_path, m
     weights = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix not in {".json", ".txt"})
     assert weights
     calls = _count_hashing(monkeypatch)
-    first = models._fingerprint_folder(folder)
+    first = models.fingerprint_folder(folder)
     assert sorted(calls) == weights  # each weight file read once
     assert (memo_dir / "file-sha256.json").is_file()
     calls.clear()
-    assert models._fingerprint_folder(folder) == first
+    assert models.fingerprint_folder(folder) == first
     assert calls == [], "the memo should spare re-reading unchanged files"
     # rewrite one file with other bytes of the same size; its mtime changes, so it is hashed again
     f = folder / UNET_WEIGHTS
@@ -105,7 +105,7 @@ def test_local_weights_are_hashed_once_and_again_when_changed(saved, tmp_path, m
     stat = f.stat()
     f.write_bytes(bytes(data))
     os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    second = models._fingerprint_folder(folder)
+    second = models.fingerprint_folder(folder)
     assert calls == [f.resolve()]
     assert second != first
 
@@ -115,9 +115,9 @@ def test_unwritable_memo_folder_still_fingerprints(saved, tmp_path, monkeypatch)
     blocker.write_text("not a folder")
     monkeypatch.setenv("SD4MATCH_CACHE", str(blocker / "cache"))  # cannot be created
     calls = _count_hashing(monkeypatch)
-    fp1 = models._fingerprint_folder(saved)
+    fp1 = models.fingerprint_folder(saved)
     n = len(calls)
-    assert n > 0 and models._fingerprint_folder(saved) == fp1
+    assert n > 0 and models.fingerprint_folder(saved) == fp1
     assert len(calls) == 2 * n  # no memo: hashed again, same answer
 
 
@@ -150,7 +150,7 @@ def test_hub_cache_reuses_blob_digests(saved, memo_dir, monkeypatch):
     assert sd.identity["source"] == "hub"
     assert calls == [], "files of the Hugging Face cache are named by their SHA-256 already"
     calls.clear()
-    plain = models._fingerprint_folder(saved)  # the same bytes in a plain folder, hashed for real
+    plain = models.fingerprint_folder(saved)  # the same bytes in a plain folder, hashed for real
     assert calls and plain == sd.identity["fingerprint"]
 
 
@@ -193,9 +193,9 @@ def test_hub_lookup_only_treats_not_found_as_not_cached(monkeypatch):
 
 def test_download_bookkeeping_is_not_part_of_the_identity(saved, tmp_path, memo_dir):
     folder = shutil.copytree(saved, tmp_path / "local-dir")
-    before = models._fingerprint_folder(folder)
+    before = models.fingerprint_folder(folder)
     meta = folder / ".cache" / "huggingface" / "download" / "unet"
     meta.mkdir(parents=True)
     (meta / "diffusion_pytorch_model.safetensors.metadata").write_text("0123abcd\netag\n1712345678.123\n")
     (folder / ".gitattributes").write_text("*.safetensors filter=lfs\n")
-    assert models._fingerprint_folder(folder) == before
+    assert models.fingerprint_folder(folder) == before

@@ -85,3 +85,22 @@ def test_prompt_file_roundtrip_and_checks(tiny_sd, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"nope")
     with pytest.raises(ValueError, match="junk.safetensors"):
         LearnedPrompt.load(tmp_path / "junk.safetensors", tiny_sd)
+
+
+def test_unknown_category_is_bad_input_not_a_crash(tiny_sd, tmp_path, monkeypatch):
+    """A Class prompt without the dataset's category stops `evaluate` with a one-line message (exit 2); any other
+    KeyError (a bug) is not swallowed into such a message."""
+    from sd4match_utils import cli
+    from sd4match_utils.conditioning import UnknownCategoryError
+
+    prompt = LearnedPrompt.initialise(tiny_sd, "class", ["cat"], n_tokens=2, seed=0)
+    with pytest.raises(UnknownCategoryError) as info:
+        prompt.rows(["dog"])
+    assert isinstance(info.value, ValueError) and str(info.value).startswith("class prompt has no entry for ['dog']")
+
+    def buggy(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_synthetic", buggy)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["synthetic", "--out", str(tmp_path)])

@@ -468,3 +468,99 @@ def test_pair_loss_rejects_bad_inputs():
         pair_loss(src, trg, kps, kps, 64, beta=0.0)
     with pytest.raises(ValueError):
         pair_loss(src, trg, kps, kps, 64, window=6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# batched form: (B, C, h, w) maps, padded (B, N, 2) keypoints and a (B, N) mask
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _ragged_batch(counts, c=6, h=10, w=14, img=118, seed=60):
+    """Pairs with ``counts`` keypoints each (border and outside cases first), as lists and as a padded batch."""
+    cases = [_random_case(seed + i, c, h, w, img) for i in range(len(counts))]
+    src = torch.stack([cs[0] for cs in cases])
+    trg = torch.stack([cs[1] for cs in cases])
+    skps = [cs[2][-n:] if n else cs[2][:0] for cs, n in zip(cases, counts)]
+    tkps = [cs[3][-n:] if n else cs[3][:0] for cs, n in zip(cases, counts)]
+    n_max = max(counts)
+    pad_s = torch.full((len(counts), n_max, 2), float("nan"))  # padding content must not leak into the loss
+    pad_t = torch.full((len(counts), n_max, 2), float("nan"))
+    mask = torch.zeros(len(counts), n_max, dtype=torch.bool)
+    for i, n in enumerate(counts):
+        pad_s[i, :n], pad_t[i, :n], mask[i, :n] = skps[i], tkps[i], True
+    return src, trg, skps, tkps, pad_s, pad_t, mask, img
+
+
+def test_pair_loss_batched_matches_brute_force_per_pair():
+    src, trg, skps, tkps, pad_s, pad_t, mask, img = _ragged_batch([9, 4, 7])
+    got = pair_loss(src, trg, pad_s, pad_t, img, mask=mask)
+    assert got.shape == (3,) and got.dtype == torch.float32
+    for i in range(3):
+        expected, _, _ = reference_pair_loss(src[i], trg[i], skps[i], tkps[i], img)
+        assert got[i].item() == pytest.approx(expected, rel=1e-5, abs=1e-6), i
+
+
+def test_batch_loss_padded_tensor_equals_sequence_form():
+    src, trg, skps, tkps, pad_s, pad_t, mask, img = _ragged_batch([12, 3, 0, 8])
+    from_lists = batch_loss(list(src), list(trg), skps, tkps, img)
+    from_tensor = batch_loss(src, trg, pad_s, pad_t, img, mask=mask)
+    expected = [reference_pair_loss(src[i], trg[i], skps[i], tkps[i], img) for i in range(4)]
+    kept = [loss for loss, n_valid, _ in expected if n_valid]
+    assert len(kept) == 3
+    assert from_lists.item() == pytest.approx(sum(kept) / len(kept), rel=1e-5)
+    assert from_tensor.item() == pytest.approx(from_lists.item(), rel=1e-6)
+
+
+def test_batch_loss_gradients_equal_the_per_pair_loop():
+    """One batched backward gives the gradients of the mean of separately computed single-pair losses."""
+    src, trg, skps, tkps, pad_s, pad_t, mask, img = _ragged_batch([10, 5, 7], seed=70)
+    s_b, t_b = src.clone().requires_grad_(True), trg.clone().requires_grad_(True)
+    batch_loss(s_b, t_b, pad_s, pad_t, img, mask=mask).backward()
+    s_l, t_l = src.clone().requires_grad_(True), trg.clone().requires_grad_(True)
+    losses = [pair_loss(s_l[i], t_l[i], skps[i], tkps[i], img) for i in range(3)]
+    (sum(losses) / 3).backward()
+    assert torch.isfinite(s_b.grad).all() and torch.isfinite(t_b.grad).all()
+    torch.testing.assert_close(s_b.grad, s_l.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(t_b.grad, t_l.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_batch_loss_gradient_matches_finite_differences_of_the_brute_force():
+    """Directional derivative of the float64 brute-force loss vs the batched loss's autograd gradient."""
+    src, trg, skps, tkps, pad_s, pad_t, mask, img = _ragged_batch([5, 3], c=4, h=8, w=8, img=71, seed=80)
+    gen = torch.Generator().manual_seed(81)
+    d_src, d_trg = torch.randn(src.shape, generator=gen), torch.randn(trg.shape, generator=gen)
+    s, t = src.clone().requires_grad_(True), trg.clone().requires_grad_(True)
+    batch_loss(s, t, pad_s, pad_t, img, mask=mask).backward()
+    analytic = float((s.grad * d_src).sum() + (t.grad * d_trg).sum())
+
+    def reference(eps):
+        s64, t64 = src.double() + eps * d_src.double(), trg.double() + eps * d_trg.double()
+        vals = [reference_pair_loss(s64[i], t64[i], skps[i], tkps[i], img)[0] for i in range(2)]
+        return sum(vals) / 2
+
+    eps = 1e-5
+    numeric = (reference(eps) - reference(-eps)) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-5)
+
+
+def test_batch_loss_maps_of_different_sizes():
+    a = _random_case(90, 6, 12, 12, 111)
+    b = _random_case(91, 6, 10, 14, 118)  # other grid and pixel scale: same img_size needed, so rescale b's kps
+    skps_b, tkps_b = b[2] * 110 / 117, b[3] * 110 / 117
+    got = batch_loss([a[0], b[0]], [a[1], b[1]], [a[2], skps_b], [a[3], tkps_b], 111)
+    pairs = [pair_loss(a[0], a[1], a[2], a[3], 111), pair_loss(b[0], b[1], skps_b, tkps_b, 111)]
+    assert got.item() == pytest.approx(sum(p.item() for p in pairs) / 2, rel=1e-6)
+
+
+def test_batched_inputs_are_validated():
+    src, trg, skps, tkps, pad_s, pad_t, mask, img = _ragged_batch([3, 2])
+    with pytest.raises(ValueError, match="mix of batched and unbatched"):
+        pair_loss(src, trg[0], pad_s, pad_t, img)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        pair_loss(src, trg[:1], pad_s, pad_t, img)
+    with pytest.raises(ValueError, match="mask"):
+        batch_loss(src, trg, pad_s, pad_t, img, mask=mask[:1])
+    with pytest.raises(ValueError, match="mask"):
+        batch_loss(src, trg, skps, tkps, img, mask=mask)  # sequences are padded here, no mask
+    with pytest.raises(TypeError, match="floating"):
+        pair_loss(src.long(), trg, pad_s, pad_t, img)

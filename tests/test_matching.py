@@ -183,12 +183,14 @@ def test_sample_descriptors_matches_loop_bilinear():
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
 
 
-def test_sample_descriptors_exact_at_integer_points():
+def test_sample_descriptors_at_integer_points_is_the_cell():
+    # grid_sample reads a float32 coordinate back to within (w − 1)·2⁻²⁵ cells (not always exactly), so an
+    # integer point gives the cell's vector up to that weight on a neighbour: ~1e-7 here
     feat = _feat(7, 5, 6, seed=2)
     ys, xs = torch.meshgrid(torch.arange(5), torch.arange(6), indexing="ij")
     pts = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float()
     out = sample_descriptors(feat, pts)
-    assert torch.equal(out, feat.reshape(7, -1).T)
+    torch.testing.assert_close(out, feat.reshape(7, -1).T, atol=1e-6, rtol=0)
 
 
 def test_sample_descriptors_agrees_with_grid_sample_border():
@@ -380,3 +382,112 @@ def test_validation():
         match(src, trg, kps, IMG, "softmax", beta=0.0)
     with pytest.raises(ValueError, match="window"):
         match(src, trg, kps, IMG, "window_softargmax", window=-1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# batches: (B, C, h, w) maps, (B, N, 2) points and a (B, N) mask give each pair what the single-pair call gives
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _padded_batch(seed: int, counts: list[int], src_hw=(7, 9), trg_hw=(8, 6), c: int = 12, img: int = IMG):
+    """Random maps, per-pair keypoint lists (with image corners and points just outside) and their padding."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(counts)
+    src = torch.randn(b, c, *src_hw, generator=g)
+    trg = torch.randn(b, c, *trg_hw, generator=g)
+    extra = torch.tensor([[0.0, 0.0], [img - 1.0, img - 1.0], [img + 0.5, 3.0], [-0.7, img / 2]])
+    kps = [torch.cat([extra, torch.rand(n, 2, generator=g) * (img - 1)])[: n] for n in counts]
+    n_max = max(counts)
+    padded = torch.full((b, n_max, 2), float("nan"))  # the padding's content must not matter
+    mask = torch.zeros(b, n_max, dtype=torch.bool)
+    for i, k in enumerate(kps):
+        padded[i, : len(k)] = k
+        mask[i, : len(k)] = True
+    return src, trg, kps, padded, mask
+
+
+def test_sample_descriptors_batched_matches_loop_bilinear():
+    g = torch.Generator().manual_seed(40)
+    feat = torch.randn(3, 5, 6, 8, generator=g)
+    pts = torch.rand(3, 25, 2, generator=g) * torch.tensor([11.0, 9.0]) - 2.0  # some outside the grid
+    pts[0, 0] = torch.tensor([7.0, 5.0])  # far corner
+    pts[1, 1] = torch.tensor([6.5, 5.0])  # on the bottom edge
+    pts[2, 2] = torch.tensor([0.0, 2.25])  # on the left edge
+    out = sample_descriptors(feat, pts)
+    assert out.shape == (3, 25, 5) and out.dtype == torch.float32
+    for b in range(3):
+        ref = np.stack([ref_sample(feat[b].double().numpy(), float(x), float(y)) for x, y in pts[b]])
+        np.testing.assert_allclose(out[b].numpy(), ref, atol=1e-5)
+
+
+def test_cosine_maps_batched_matches_per_cell_loop():
+    g = torch.Generator().manual_seed(41)
+    trg = torch.randn(2, 6, 4, 5, generator=g)
+    desc = torch.randn(2, 3, 6, generator=g)
+    out = cosine_maps(desc, trg)
+    assert out.shape == (2, 3, 4, 5)
+    for b in range(2):
+        for n in range(3):
+            ref = ref_sim(desc[b, n].double().numpy(), trg[b].double().numpy())
+            np.testing.assert_allclose(out[b, n].numpy(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{}, {"beta": 0.1, "kernel_sigma": 2.0, "window": 1, "mnn_radius": 3.0}])
+def test_match_all_batched_equals_single_pair_calls(kw):
+    src, trg, kps, padded, mask = _padded_batch(42, [6, 3, 1])
+    out = match_all(src, trg, padded, IMG, mask=mask, **kw)
+    for m in MATCHERS:
+        assert out[m].shape == (3, 6, 2) and out[m].dtype == torch.float32
+    for b, k in enumerate(kps):
+        single = match_all(src[b], trg[b], k, IMG, **kw)
+        for m in MATCHERS:
+            torch.testing.assert_close(out[m][b, : len(k)], single[m], atol=1e-4, rtol=0)
+            assert torch.isnan(out[m][b, len(k) :]).all()  # padded rows
+
+
+def test_match_all_batched_matches_loop_reference():
+    # the batched call against the scalar reference directly (not only against the single-pair path)
+    src, trg, kps, padded, mask = _padded_batch(43, [4, 2])
+    out = match_all(src, trg, padded, IMG, mask=mask)
+    for b, k in enumerate(kps):
+        for m in MATCHERS:
+            ref = [ref_match(src[b].double().numpy(), trg[b].double().numpy(), (float(x), float(y)), m) for x, y in k]
+            np.testing.assert_allclose(out[m][b, : len(k)].numpy(), np.array(ref), atol=2e-3)
+
+
+def test_match_batched_without_mask_and_empty():
+    src, trg, kps, _, _ = _padded_batch(44, [5, 5])
+    stacked = torch.stack(kps)
+    pred = match(src, trg, stacked, IMG, "kernel_softmax")
+    assert pred.shape == (2, 5, 2)
+    for b in range(2):
+        torch.testing.assert_close(pred[b], match(src[b], trg[b], kps[b], IMG, "kernel_softmax"), atol=1e-4, rtol=0)
+    empty = match_all(src, trg, torch.zeros(2, 0, 2), IMG)
+    assert all(v.shape == (2, 0, 2) for v in empty.values())
+    # an unbatched mask drops the point from an unbatched call too
+    one = match(src[0], trg[0], kps[0], IMG, "nn", mask=torch.tensor([True, False, True, True, True]))
+    assert torch.isnan(one[1]).all() and torch.isfinite(one[[0, 2, 3, 4]]).all()
+
+
+def test_pixel_to_grid_batched():
+    xy = torch.rand(3, 4, 2) * 767
+    torch.testing.assert_close(pixel_to_grid(xy, 768, (48, 48)), xy * 47 / 767)
+    torch.testing.assert_close(grid_to_pixel(pixel_to_grid(xy, 768, (48, 48)), 768, (48, 48)), xy)
+
+
+def test_batched_validation():
+    src, trg, _, padded, mask = _padded_batch(45, [3, 2])
+    with pytest.raises(ValueError, match="mix of batched and unbatched"):
+        match_all(src, trg[0], padded, IMG)
+    with pytest.raises(ValueError, match="mix of batched and unbatched"):
+        match_all(src, trg, padded[0], IMG)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        match_all(src, trg[:1], padded, IMG)
+    with pytest.raises(ValueError, match="mask"):
+        match_all(src, trg, padded, IMG, mask=mask[:, :2])
+    with pytest.raises(TypeError, match="boolean"):
+        match_all(src, trg, padded, IMG, mask=mask.float())
+    with pytest.raises(ValueError, match=r"\(C, h, w\) or \(B, C, h, w\)"):
+        sample_descriptors(src[None], padded)
+    with pytest.raises(ValueError, match=r"\(N, 2\) or \(B, N, 2\)"):
+        pixel_to_grid(torch.zeros(2, 3, 3), 768, (48, 48))

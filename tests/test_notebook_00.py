@@ -1,42 +1,17 @@
-"""Notebook 00 (quick start): the .py / .ipynb pair agrees, and a small headless papermill run works end to end
-(figures captured in the outputs, widgets displayed, the summary JSON written, a prompt learned on the example
-photos)."""
+"""Notebook 00 (quick start): a small headless papermill run works end to end (figures captured in the outputs,
+widgets displayed, the summary JSON written, a prompt learned on the example photos).
+
+The static checks of the .ipynb / .py pair and of its parameters cell are in ``test_notebooks.py``.
+"""
 
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-STEM = "00_quickstart"
-IPYNB = NOTEBOOKS / f"{STEM}.ipynb"
-PY = NOTEBOOKS / f"{STEM}.py"
-
-
-def _cells(nb):
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
-
-
-def test_ipynb_matches_its_percent_script_and_is_clean():
-    jupytext = pytest.importorskip("jupytext")
-    nb = nbformat.read(IPYNB, as_version=4)
-    assert _cells(nb) == _cells(jupytext.read(PY)), (
-        f"{IPYNB.name} is out of date: regenerate it with `jupytext --to ipynb --set-kernel python3 notebooks/{PY.name}`")
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and nb.cells.index(params[0]) == 1
-    lines = [ln for ln in params[0].source.splitlines() if ln.strip()]
-    assert all(" = " in ln and "  # " in ln and " = " not in ln.split("  # ", 1)[1] for ln in lines), \
-        "one literal with a comment per line (no ' = ' in comments: papermill's parser trips on it)"
-    names = {ln.split(" = ")[0] for ln in lines}
-    assert {"model", "dataset", "data_root", "prompts", "prompt_file", "ensemble", "img_size", "custom_root",
-            "train_steps", "out_dir", "run_dir"} <= names
-
 
 @pytest.mark.slow
-def test_notebook_00_runs_with_papermill(tmp_path, run_notebook):
+def test_notebook_00_runs_with_papermill(tmp_path, run_notebook, notebook_path):
     from sd4match_utils.data import ensure_synthetic, write_example
 
     roots = ensure_synthetic(tmp_path / "synthetic")
@@ -45,7 +20,7 @@ def test_notebook_00_runs_with_papermill(tmp_path, run_notebook):
     params = dict(data_root=str(roots["spair"]), custom_root=str(tmp_path / "photos"), out_dir=str(out_dir),
                   run_dir=str(tmp_path / "runs"), img_size=128, ensemble=1, custom_img_size=128, train_steps=1,
                   train_batch=1)
-    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
+    run_notebook(notebook_path("00_quickstart"), tmp_path / "executed.ipynb", params)
 
     summary = json.loads((out_dir / "00_summary_mini_spair.json").read_text())
     assert {k: summary["settings"][k] for k in params} == params

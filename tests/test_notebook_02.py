@@ -1,55 +1,26 @@
-"""Notebook 02 (prompt tuning and its ablations): the .py / .ipynb pair agrees, and a small papermill run works.
+"""Notebook 02 (prompt tuning and its ablations): a small papermill run works.
 
 The papermill run uses a ``python3`` kernel spec written into a temporary ``JUPYTER_PATH`` that points at this
-interpreter (so a stray user-level ``python3`` kernel running another Python cannot be picked up).
+interpreter (so a stray user-level ``python3`` kernel running another Python cannot be picked up). The static checks
+of the .ipynb / .py pair and of its parameters cell are in ``test_notebooks.py``.
 """
 
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-STEM = "02_prompt_tuning_ablations"
-IPYNB = NOTEBOOKS / f"{STEM}.ipynb"
-PY = NOTEBOOKS / f"{STEM}.py"
 AXES = {"length", "init", "lr", "train_timestep", "test_timestep"}
 
 
-def _cells(nb):
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
-
-
-def test_ipynb_matches_its_percent_script_and_is_clean():
-    jupytext = pytest.importorskip("jupytext")
-    nb = nbformat.read(IPYNB, as_version=4)
-    assert _cells(nb) == _cells(jupytext.read(PY)), (
-        f"{IPYNB.name} is out of date: regenerate it with "
-        f"`jupytext --to ipynb --set-kernel python3 notebooks/{PY.name}`")
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and nb.cells.index(params[0]) == 1
-    lines = [ln for ln in params[0].source.splitlines() if ln.strip()]
-    assert all(" = " in ln and "  # " in ln for ln in lines), "one typed literal with a comment per line"
-    assert all("=" not in ln.split("  # ", 1)[1] for ln in lines), "papermill cannot parse '=' in a comment"
-    names = {ln.split(" = ")[0] for ln in lines}
-    assert {"model", "dataset", "data_root", "img_size", "train_steps", "batch_size", "lr", "train_timestep",
-            "test_timestep", "ensemble", "n_tokens", "init", "ablate_lengths", "ablate_inits", "ablate_lrs",
-            "ablate_train_timesteps", "ablate_test_timesteps", "val_limit", "test_limit", "seed", "device",
-            "precision", "cpu_threads", "out_dir", "runs_dir"} <= names
-
-
 @pytest.mark.slow
-def test_notebook_02_runs_with_papermill(tmp_path, run_notebook, synthetic_roots):
+def test_notebook_02_runs_with_papermill(tmp_path, run_notebook, notebook_path, synthetic_roots):
     out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"
     params = dict(data_root=str(synthetic_roots["spair"]), out_dir=str(out_dir), runs_dir=str(runs_dir),
                   img_size=128, train_steps=1, batch_size=1, ensemble=1, val_limit=1, test_limit=2,
                   ablate_lengths=[4, 75], ablate_inits=["random", "text"], ablate_lrs=[0.01],
                   ablate_train_timesteps=[261], ablate_test_timesteps=[50, 261], cpu_threads=1)
-    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
+    run_notebook(notebook_path("02_prompt_tuning_ablations"), tmp_path / "executed.ipynb", params)
 
     metrics = json.loads((out_dir / "02_metrics_mini_spair.json").read_text())
     for key in ("comparison", "training", "training_curves", "ablations", "settings", "runs", "model", "dataset",

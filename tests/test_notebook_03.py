@@ -1,8 +1,9 @@
-"""Notebook 03 (conditional prompt training): the .py / .ipynb pair agrees, and a tiny papermill run trains CPM,
-Class and Single, analyses the CPM gate, compares per category, evaluates on PF-Willow and writes its outputs.
+"""Notebook 03 (conditional prompt training): a tiny papermill run trains CPM, Class and Single, analyses the CPM
+gate, compares per category, evaluates on PF-Willow and writes its outputs.
 
 The papermill run uses a ``python3`` kernel spec written into a temporary ``JUPYTER_PATH`` that points at this
-interpreter (see ``test_notebook_01.py``).
+interpreter (see ``test_notebook_01.py``). The static checks of the .ipynb / .py pair, of its parameters cell and of
+its closing notes are in ``test_notebooks.py``.
 """
 
 import json
@@ -11,44 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-STEM = "03_conditional_prompt_training"
-IPYNB = NOTEBOOKS / f"{STEM}.ipynb"
-PY = NOTEBOOKS / f"{STEM}.py"
-
-
-def _code_and_markdown(nb):
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
-
-
-def test_ipynb_matches_its_percent_script_and_is_clean():
-    jupytext = pytest.importorskip("jupytext")
-    nb = nbformat.read(IPYNB, as_version=4)
-    script = jupytext.read(PY)
-    assert _code_and_markdown(nb) == _code_and_markdown(script), (
-        f"{IPYNB.name} is out of date: regenerate it with "
-        f"`jupytext --to ipynb --set-kernel python3 notebooks/{PY.name}`")
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# 03")
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and nb.cells.index(params[0]) == 1
-    lines = [ln for ln in params[0].source.splitlines() if ln.strip()]
-    assert all(" = " in ln and "  # " in ln for ln in lines), "one typed literal with a comment per line"
-    names = {ln.split(" = ")[0] for ln in lines}
-    assert {"model", "dataset", "data_root", "dino", "img_size", "train_steps", "batch_size", "lr", "lr_linear",
-            "n_global", "n_cond", "test_limit", "ensemble", "seed", "out_dir", "runs_dir"} <= names
-    values = {}
-    exec(params[0].source, {}, values)  # noqa: S102 - our own literals
-    assert (values["model"], values["dataset"], values["data_root"], values["dino"]) == ("mini", "pfpascal", "", "")
-    assert (values["lr"], values["lr_linear"], values["n_global"], values["n_cond"]) == (1e-2, 1e-3, 25, 50)
-    assert (values["out_dir"], values["runs_dir"]) == ("../figures", "../runs/03")
-    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    assert "within noise" in text and "0.09 s" in text and "facebook/dinov2-base" in text  # the closing notes
-
 
 @pytest.mark.slow
-def test_notebook_03_runs_with_papermill(tmp_path, run_notebook):
+def test_notebook_03_runs_with_papermill(tmp_path, run_notebook, notebook_path):
     from sd4match_utils.data import ensure_synthetic
 
     roots = ensure_synthetic(tmp_path / "synthetic")
@@ -56,7 +22,7 @@ def test_notebook_03_runs_with_papermill(tmp_path, run_notebook):
     params = dict(data_root=str(roots["pfpascal"]), willow_root=str(roots["pfwillow"]), img_size=128,
                   train_steps=1, batch_size=2, val_limit=2, test_limit=3, ensemble=1, n_change_pairs=1,
                   out_dir=str(out_dir), runs_dir=str(runs_dir))
-    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
+    run_notebook(notebook_path("03_conditional_prompt_training"), tmp_path / "executed.ipynb", params)
 
     metrics = json.loads((out_dir / "03_metrics_mini_pfpascal.json").read_text())
     assert {k: metrics["settings"][k] for k in params} == params

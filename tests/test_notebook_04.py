@@ -1,9 +1,10 @@
-"""Notebook 04 (benchmark evaluation): the .py / .ipynb pair agrees, and a tiny papermill run evaluates fixed and
-learned prompts on the three benchmark formats and writes the tidy results, the Markdown tables, the reference
-comparison, the figures and the metrics JSON.
+"""Notebook 04 (benchmark evaluation): a tiny papermill run evaluates fixed and learned prompts on the three
+benchmark formats and writes the tidy results, the Markdown tables, the reference comparison, the figures and the
+metrics JSON.
 
 The papermill run uses a ``python3`` kernel spec written into a temporary ``JUPYTER_PATH`` that points at this
-interpreter (see ``test_notebook_01.py``).
+interpreter (see ``test_notebook_01.py``). The static checks of the .ipynb / .py pair, of its parameters cell (the
+paper's protocol as defaults) and of its notes are in ``test_notebooks.py``.
 """
 
 import json
@@ -14,45 +15,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-STEM = "04_benchmark_evaluation"
-IPYNB = NOTEBOOKS / f"{STEM}.ipynb"
-PY = NOTEBOOKS / f"{STEM}.py"
-
-
-def _code_and_markdown(nb):
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
-
-
-def test_ipynb_matches_its_percent_script_and_is_clean():
-    jupytext = pytest.importorskip("jupytext")
-    nb = nbformat.read(IPYNB, as_version=4)
-    script = jupytext.read(PY)
-    assert _code_and_markdown(nb) == _code_and_markdown(script), (
-        f"{IPYNB.name} is out of date: regenerate it with "
-        f"`jupytext --to ipynb --set-kernel python3 notebooks/{PY.name}`")
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# 04")
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and nb.cells.index(params[0]) == 1
-    lines = [ln for ln in params[0].source.splitlines() if ln.strip()]
-    assert all(" = " in ln and "  # " in ln for ln in lines), "one typed literal with a comment per line"
-    values = {}
-    exec(params[0].source, {}, values)  # noqa: S102 - our own literals
-    assert values["prompts"] == ["empty", "text"]
-    assert values["datasets"] == {"spair": "", "pfpascal": "", "pfwillow": ""}
-    # the paper's protocol, except the documented CPU-sized ensemble, limit and size of the embedded default
-    # layer / timestep -1: the model's recommended read-out, which is the paper's for SD 2-1
-    assert (values["layer"], values["timestep"], values["report_matcher"]) == (-1, -1, "kernel_softmax")
-    assert values["alphas"] == [0.05, 0.1, 0.15] and values["matchers"] == "all"
-    assert (values["out_dir"], values["runs_dir"]) == ("../figures", "../runs/04")
-    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    assert "ensemble = 2" in text and "paper's 8" in text and "0.057 s" in text and "not comparable" in text
-
 
 @pytest.mark.slow
-def test_notebook_04_runs_with_papermill(tmp_path, run_notebook, tiny_sd):
+def test_notebook_04_runs_with_papermill(tmp_path, run_notebook, notebook_path, tiny_sd):
     from sd4match_utils.conditioning import ConditionalPrompt
     from sd4match_utils.data import ensure_synthetic
     from sd4match_utils.dino import DinoFeatures
@@ -64,7 +29,7 @@ def test_notebook_04_runs_with_papermill(tmp_path, run_notebook, tiny_sd):
     params = dict(model="tiny", prompts=["empty", "text", str(cpm)], datasets={d: str(r) for d, r in roots.items()},
                   ensemble=1, limit=2, img_size=128, n_boot=100, n_show=1, out_dir=str(out_dir),
                   runs_dir=str(runs_dir))
-    run_notebook(IPYNB, tmp_path / "executed.ipynb", params)
+    run_notebook(notebook_path("04_benchmark_evaluation"), tmp_path / "executed.ipynb", params)
 
     tag = "tiny_spair-pfpascal-pfwillow-synthetic"  # the given roots are the generator's folders
     metrics = json.loads((out_dir / f"04_metrics_{tag}.json").read_text())

@@ -174,10 +174,13 @@ def test_plot_pck_grid_heatmap_and_line():
     table = _sweep_table()
     fig = viz.plot_pck_grid(table)
     assert isinstance(fig, Figure) and len(fig.axes) == 2 + 1  # one panel per prompt plus the colour bar
-    vals = fig.axes[0].get_images()[0].get_array()
+    vals = fig.axes[0].collections[0].get_array()  # the seaborn heat-map's cells
     assert vals.shape == (4, 3)  # layers × timesteps
     assert vals[1, 2] == pytest.approx(10.0 + 2.61)
+    assert [t.get_text() for t in fig.axes[0].texts][5] == "12.6"  # values written in the cells, row by row
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["up0", "up1", "up2", "up3"]
     assert fig.axes[0].get_title() == "prompt: empty"
+    assert len(fig.axes[0].collections) == len(fig.axes[1].collections) == 1  # one shared colour bar
     fig = viz.plot_pck_grid(table, kind="line", matcher="nn", averaging="per_point")
     assert len(fig.axes) == 2
     assert len(fig.axes[1].get_lines()) == 4  # one line per layer
@@ -218,3 +221,120 @@ def test_save_figure_other_formats_and_save_argument(tmp_path):
     assert viz.save_figure(fig, tmp_path / "noext").name == "noext.png"
     with pytest.raises(ValueError, match="unsupported"):
         viz.save_figure(fig, tmp_path / "f.jpg")
+
+
+# ------------------------------------------------------------------------------------------------------ bars
+
+
+def _results(drop=()):
+    rows = []
+    for cat in ("all", "bike", "bird", "boat", "bottle", "bus"):
+        for k, prompt in enumerate(("empty", "single", "cpm")):
+            if (cat, prompt) in drop:
+                continue
+            pck = 40.0 + 10 * k + len(cat)
+            rows.append(dict(dataset="spair", category=cat, prompt=prompt, matcher="kernel_softmax", alpha=0.1,
+                             averaging="per_image", space="resized", pck=pck, ci_low=pck - 5, ci_high=pck + 2))
+    return pd.DataFrame(rows)
+
+
+def test_category_bars_carry_the_tables_own_interval():
+    fig = viz.plot_category_bars(_results(drop={("bird", "single")}), "spair")
+    ax = fig.axes[0]
+    bars = [list(c) for c in ax.containers if hasattr(c, "patches")]
+    assert [len(c) for c in bars] == [6, 5, 6]  # one bar per category and prompt with a value
+    assert bars[2][0].get_height() == pytest.approx(60.0 + 3)  # "cpm" at "all"
+    whiskers = [c for c in ax.containers if c not in ax.containers[:3]]
+    assert len(whiskers) == 3
+    segments = whiskers[2].lines[2][0].get_segments()  # the "cpm" whiskers: from ci_low to ci_high
+    assert segments[0][:, 1] == pytest.approx([63.0 - 5, 63.0 + 2])
+    assert segments[0][0, 0] == pytest.approx(bars[2][0].get_x() + bars[2][0].get_width() / 2)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["empty", "single", "cpm"]
+    assert ax.get_xticklabels()[0].get_text() == "all"
+    no_ci = viz.plot_category_bars(_results(), "spair", ci=False)
+    assert len(no_ci.axes[0].containers) == 3
+
+
+# ------------------------------------------------------------------------------------------------------ notebook 02
+
+
+def _prompt_table():
+    rows = [dict(prompt=p, timestep=50, matcher=m, averaging=avg, alpha=a, pck=10.0 * k + 100 * a, n=3)
+            for k, p in enumerate(("empty", "text", "single")) for m in ("kernel_softmax", "nn")
+            for avg in ("per_image", "per_point") for a in (0.05, 0.1, 0.15)]
+    return pd.DataFrame(rows)
+
+
+def _training_tables():
+    from sd4match_utils.report import SUMMARY_COLUMNS
+
+    curves = pd.DataFrame([dict(prompt=p, kind=kind, step=s, epoch=s / 2, loss=2.0 - 0.1 * s if kind == "train" else
+                                np.nan, val_pck=np.nan if kind == "train" else 20.0, seconds=0.0)
+                           for p in ("single", "class") for s in range(4) for kind in ("train", "val")])
+    summary = pd.DataFrame([dict(prompt=p, run=p, reused=None, steps=3, total_steps=3, val_pck_before=b,
+                                 val_pck_last=a, best_val_pck=a, best_step=3, first_loss=2.0, last_loss=1.7)
+                            for p, b, a in (("single", 10.0, 25.0), ("class", 12.0, 18.5))],
+                           columns=["prompt", *SUMMARY_COLUMNS])
+    return curves, summary
+
+
+def _ablation_table(axis, values):
+    rows = [dict(axis=axis, value=v, matcher=m, averaging=avg, alpha=a, pck=float(i + 10 * (m == "nn")) + 100 * a,
+                 n=2) for i, v in enumerate(values) for m in ("kernel_softmax", "nn")
+            for avg in ("per_image", "per_point") for a in (0.05, 0.1)]
+    return pd.DataFrame(rows)
+
+
+def test_plot_prompt_comparison():
+    fig = viz.plot_prompt_comparison(_prompt_table(), title="prompts")
+    assert len(fig.axes) == 4  # matchers × averagings
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["kernel_softmax · per_image", "nn · per_image", "kernel_softmax · per_point", "nn · per_point"]
+    ax = fig.axes[0]
+    assert [len(c) for c in ax.containers] == [3, 3, 3]  # one bar per prompt for each α
+    assert [b.get_height() for b in ax.containers[1]] == pytest.approx([10.0, 20.0, 30.0])  # α = 0.1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["α=0.05", "α=0.1", "α=0.15"]
+    assert fig._suptitle.get_text() == "prompts"
+
+
+def test_plot_training():
+    curves, summary = _training_tables()
+    fig = viz.plot_training(curves, summary)
+    ax_loss, ax_val = fig.axes
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == ["single", "class"]
+    lines = [line for line in ax_loss.get_lines() if len(line.get_xdata())]
+    assert len(lines) == 2 and list(lines[0].get_ydata()) == pytest.approx([2.0, 1.9, 1.8, 1.7])
+    heights = [[b.get_height() for b in c] for c in ax_val.containers]
+    assert heights == [pytest.approx([10.0, 12.0]), pytest.approx([25.0, 18.5])]  # before, after
+    assert [t.get_text() for t in ax_val.texts] == ["10.0", "12.0", "25.0", "18.5"]  # bar labels
+
+
+def test_plot_ablations():
+    tables = {"lr": _ablation_table("lr", [0.001, 0.01, 0.1]), "init": _ablation_table("init", ["random", "text"]),
+              "test_timestep": _ablation_table("test_timestep", [50, 261]),
+              "length": _ablation_table("length", [1, 5, 75])}
+    fig = viz.plot_ablations(tables, alpha=0.1, base={"lr": 0.01, "init": "random"})
+    assert len(fig.axes) == 6 and [ax.get_visible() for ax in fig.axes] == [True] * 4 + [False] * 2
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.01", "0.1"]
+    assert ax.get_xlabel() == "lr"
+    ys = [list(line.get_ydata()) for line in ax.get_lines() if len(line.get_ydata()) == 3]
+    assert ys == [pytest.approx([10.0, 11.0, 12.0]), pytest.approx([20.0, 21.0, 22.0])]  # one line per matcher
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["kernel_softmax", "nn", "base"]
+    assert all(a.get_legend() is None for a in fig.axes[1:])
+    # the shared y axis starts at 0 and its top fits every panel (the last one reaches 10 + 3 + 10)
+    assert fig.axes[3].get_ylim()[0] == 0 and fig.axes[3].get_ylim()[1] >= 22.0
+
+
+def test_notebook_02_plots_save(tmp_path):
+    curves, summary = _training_tables()
+    figs = {
+        "prompts.png": lambda p: viz.plot_prompt_comparison(_prompt_table(), save=p),
+        "training.png": lambda p: viz.plot_training(curves, summary, save=p),
+        "ablations.png": lambda p: viz.plot_ablations({"lr": _ablation_table("lr", [0.01, 0.1])}, base={"lr": 0.01},
+                                                      save=p),
+    }
+    for name, draw in figs.items():
+        plt.close(draw(tmp_path / name))
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(figs)  # no temporary left

@@ -20,14 +20,15 @@ from .learned import LearnedPrompt, random_vocab_init, text_init
 from .official import (OFFICIAL_KINDS, UNKNOWN_MODEL, cpm_from_state_dict, import_official, load_official,
                        prompts_from_captions)
 from .protocol import Conditioning
-from .text import (CATEGORY_ALIASES, FIXED_PROMPTS, N_PROMPT_TOKENS, TEMPLATE, FixedPrompt, category_word,
+from .text import (CATEGORY_ALIASES, FIXED_PROMPTS, N_PROMPT_TOKENS, TEMPLATE, FixedPrompt, UnknownCategoryError,
+                   category_word,
                    encode_embeddings, encode_rows, encode_text, frame_rows, prompt_text, resolve_category,
                    special_ids, template_text, token_embeddings)
 
 __all__ = [
     "BoundConditioning", "CATEGORY_ALIASES", "CPM_FEATURES", "CPM_KEYS", "CPM_MODES", "Conditioning",
     "ConditionalPrompt", "FIXED_PROMPTS", "FixedPrompt", "LearnedPrompt", "N_PROMPT_TOKENS", "OFFICIAL_KINDS",
-    "PROMPT_FORMAT", "PROMPT_KINDS", "TEMPLATE", "UNKNOWN_MODEL", "category_word", "check_finite", "check_keys",
+    "PROMPT_FORMAT", "PROMPT_KINDS", "TEMPLATE", "UNKNOWN_MODEL", "UnknownCategoryError", "category_word", "check_finite", "check_keys",
     "check_prompt_spec", "check_tensors", "cpm_from_state_dict", "cpm_shapes", "encode_embeddings", "encode_rows",
     "encode_text", "frame_rows", "import_official", "inspect_prompt_file", "load_official", "load_prompt",
     "make_conditioning", "prompt_text", "prompts_from_captions", "random_vocab_init", "read_prompt_file",

@@ -8,7 +8,8 @@ import json
 import torch
 
 from .files import PROMPT_KINDS, read_prompt_file, write_prompt_file
-from .text import N_PROMPT_TOKENS, encode_rows, prompt_text, resolve_category, special_ids, token_embeddings
+from .text import (N_PROMPT_TOKENS, UnknownCategoryError, encode_rows, prompt_text, resolve_category, special_ids,
+                   token_embeddings)
 
 
 def random_vocab_init(sd, n_tokens: int = N_PROMPT_TOKENS, count: int = 1, generator=None) -> torch.Tensor:
@@ -89,7 +90,7 @@ class LearnedPrompt(torch.nn.Module):
         names = [resolve_category(c, self.categories) for c in categories]
         if None in names:
             missing = sorted({c for c, n in zip(categories, names) if n is None})
-            raise KeyError(f"class prompt has no entry for {missing} (nor through CATEGORY_ALIASES); "
+            raise UnknownCategoryError(f"class prompt has no entry for {missing} (nor through CATEGORY_ALIASES); "
                            f"it knows {self.categories}")
         return self.embeddings[[self.categories.index(n) for n in names]]
 

@@ -31,6 +31,13 @@ def category_word(category: str) -> str:
     return re.sub(r"\(.*\)$", "", category).strip()
 
 
+class UnknownCategoryError(KeyError, ValueError):
+    """A Class prompt asked for a category it has no row for (a ``KeyError`` and a ``ValueError``: bad input)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def resolve_category(category: str, known: list[str]) -> str | None:
     """The entry of ``known`` that stands for ``category``: itself, its word (``car(G)`` → ``car``), or that
     word's :data:`CATEGORY_ALIASES` entry (``winebottle(M)`` → ``bottle``, ``duck(S)`` → ``bird``); ``None``

@@ -55,8 +55,9 @@ def load_dataset(name: str, root: str | Path, split: str, img_size: int = DEFAUL
 
 
 __all__ = [
-    "ANNOTATION_FILE", "BENCHMARKS", "CustomDataset", "DATASETS", "DEFAULT_IMG_SIZE", "KEYPOINT_NAMES", "PFPASCAL_CLASSES", "SPLITS", "SYNTHETIC_CATEGORIES",
-    "DatasetFormatError", "PFPascalDataset", "PFWillowDataset", "PairDataset", "PairSample", "SPairDataset",
-    "ensure_synthetic", "generate_all", "generate_pfpascal", "generate_pfwillow", "generate_spair", "image_size",
-    "load_dataset", "load_rgb", "read_annotations", "to_rgb", "write_example",
+    "ANNOTATION_FILE", "BENCHMARKS", "CustomDataset", "DATASETS", "DEFAULT_IMG_SIZE", "KEYPOINT_NAMES",
+    "PFPASCAL_CLASSES", "SPLITS", "SYNTHETIC_CATEGORIES", "DatasetFormatError", "PFPascalDataset",
+    "PFWillowDataset", "PairDataset", "PairSample", "SPairDataset", "ensure_synthetic", "generate_all",
+    "generate_pfpascal", "generate_pfwillow", "generate_spair", "image_size", "load_dataset", "load_rgb",
+    "read_annotations", "to_rgb", "write_example",
 ]

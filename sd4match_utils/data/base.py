@@ -7,6 +7,7 @@ to ``img_size × img_size`` without keeping the aspect ratio (SPEC §2): ``x_r =
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image
 
 #: The resolution the paper resizes every image to (SPEC §2).
 DEFAULT_IMG_SIZE = 768
+#: The splits of SPair-71k, PF-Pascal and custom data (PF-Willow has only ``test``).
+SPLITS = ("trn", "val", "test")
 
 
 class DatasetFormatError(ValueError):
@@ -101,6 +104,17 @@ class PairSample:
         return int(self.src_kps.shape[0])
 
 
+def read_json(path: Path, missing: str = "annotation file not found"):
+    """The decoded JSON of ``path``; a missing file (reported as ``missing``) or bad syntax raise
+    :class:`DatasetFormatError`."""
+    if not path.is_file():
+        raise DatasetFormatError(path, missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetFormatError(path, f"malformed JSON ({exc})") from exc
+
+
 def as_points(value, path: str | Path, what: str) -> np.ndarray:
     """Validate keypoints read from a file as a finite-or-NaN ``(N, 2)`` float64 array (``N`` may be 0)."""
     try:
@@ -166,6 +180,21 @@ class PairDataset:
         self.entries: list[PairEntry] = []
         self.categories: list[str] = []
 
+    def _folder(self, name: str, what: str) -> Path:
+        """The sub-folder ``name`` of the root, which must exist (else an error saying ``what`` was not found)."""
+        path = self.root / name
+        if not path.is_dir():
+            raise DatasetFormatError(path, f"{what} not found")
+        return path
+
+    def _split_file(self, *candidates: Path, note: str = "") -> Path:
+        """The first existing file of ``candidates``, the places this split's index may be (else an error naming
+        the first, with ``note`` appended)."""
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise DatasetFormatError(candidates[0], f"split file for split {self.split!r} not found{note}")
+        return found
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -188,6 +217,37 @@ class PairDataset:
     def category_of(self, i: int) -> str:
         """The category of pair ``i`` without opening anything."""
         return self.entries[i].category
+
+    def spread_pairs(self, n_pairs: int) -> list[int]:
+        """Indices of ``n_pairs`` pairs spread over the categories: round-robin over :attr:`categories`, each
+        category's pairs in file order. Deterministic; opens no image. Returns ``min(n_pairs, len(self))``
+        distinct indices in selection order."""
+        if n_pairs < 1:
+            raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+        by_cat: dict[str, list[int]] = {}
+        for i in range(len(self)):
+            by_cat.setdefault(self.category_of(i), []).append(i)
+        known = list(getattr(self, "categories", []))
+        order = [c for c in known if c in by_cat] + sorted(c for c in by_cat if c not in known)
+        rounds = [by_cat[c][depth] for depth in range(max(map(len, by_cat.values()), default=0))
+                  for c in order if depth < len(by_cat[c])]
+        return rounds[:n_pairs]
+
+    def category_images(self, category: str, n: int) -> list[Image.Image]:
+        """Up to ``n`` distinct images of one category, from its pairs in file order (source first)."""
+        seen: set[Path] = set()
+        images: list[Image.Image] = []
+        for i in (i for i in range(len(self)) if self.category_of(i) == category):
+            sample = self[i]
+            for path, image in ((sample.src_path, sample.src_image), (sample.trg_path, sample.trg_image)):
+                if path not in seen and len(images) < n:
+                    seen.add(path)
+                    images.append(image)
+            if len(images) >= n:
+                break
+        if not images:
+            raise ValueError(f"no pair of category {category!r} in {self!r}")
+        return images
 
     def image_paths(self) -> list[Path]:
         """Sorted unique image files used by this split."""

@@ -73,8 +73,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import atomic_write_text
-from .base import (DEFAULT_IMG_SIZE, DatasetFormatError, PairDataset, PairEntry, PairSample, box_threshold,
-                   keypoint_box, scale_box)
+from .base import (DEFAULT_IMG_SIZE, SPLITS, DatasetFormatError, PairDataset, PairEntry, PairSample, box_threshold,
+                   keypoint_box, read_json, scale_box)
 from .images import image_size, load_rgb
 
 #: Default name of the annotation file inside the root folder.
@@ -82,7 +82,6 @@ ANNOTATION_FILE = "annotations.json"
 #: Keys an entry must have, and all the keys it may have.
 REQUIRED_KEYS = ("image", "category", "keypoints")
 ALLOWED_KEYS = ("image", "category", "keypoints", "bbox", "split")
-SPLITS = ("trn", "val", "test")
 #: Extensions the annotation helper lists as images.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -239,12 +238,7 @@ def read_annotations(root: str | Path, check_images: bool = True) -> list[ImageR
             than 2 images.
     """
     folder, ann_path = resolve_annotation_file(root)
-    if not ann_path.is_file():
-        raise DatasetFormatError(ann_path, "annotation file not found (see sd4match_utils/data/custom.py for the format)")
-    try:
-        data = json.loads(ann_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetFormatError(ann_path, f"malformed JSON ({exc})") from exc
+    data = read_json(ann_path, "annotation file not found (see sd4match_utils/data/custom.py for the format)")
     if not isinstance(data, list):
         raise DatasetFormatError(ann_path, f"expected a JSON list of image entries, got {type(data).__name__}")
     records: list[ImageRecord] = []
@@ -304,7 +298,8 @@ def assign_splits(records: list[ImageRecord], seed: int = 0) -> dict[str, tuple[
     return out
 
 
-def build_pairs(records: list[ImageRecord], split: str, seed: int = 0) -> list[tuple[ImageRecord, ImageRecord, list[str]]]:
+def build_pairs(records: list[ImageRecord], split: str,
+                seed: int = 0) -> list[tuple[ImageRecord, ImageRecord, list[str]]]:
     """``(source, target, shared keypoint names)`` of every pair of ``split`` (see the module docstring)."""
     splits = assign_splits(records, seed)
     by_cat: dict[str, list[ImageRecord]] = {}
@@ -394,7 +389,8 @@ def write_example(folder: str | Path, seed: int = 0, categories: tuple[str, ...]
     Returns:
         The annotation file's path.
     """
-    from .synthetic import KEYPOINT_NAMES, render_instance
+    from .render import render_instance
+    from .shapes import KEYPOINT_NAMES
 
     folder = Path(folder)
     entries = []

@@ -6,6 +6,7 @@ Alpha is dropped (the colour under it is kept), as ``PIL.Image.convert("RGB")`` 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +17,24 @@ from .base import DatasetFormatError
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def _require_file(path: Path) -> None:
+@contextmanager
+def _open(path: str | Path):
+    """``Image.open(path)``; a missing file, or a read error while opening or using it, raise
+    :class:`DatasetFormatError`."""
+    path = Path(path)
     if not path.is_file():
         raise DatasetFormatError(path, "image file not found")
+    try:
+        with Image.open(path) as img:
+            yield img
+    except _READ_ERRORS as exc:
+        raise DatasetFormatError(path, f"unreadable image ({exc})") from exc
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(W, H)`` of an image, read from its header only (PIL opens lazily, no pixel decoding)."""
-    path = Path(path)
-    _require_file(path)
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except _READ_ERRORS as exc:
-        raise DatasetFormatError(path, f"unreadable image ({exc})") from exc
+    with _open(path) as img:
+        return img.size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -47,11 +52,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode an image file fully and return it as an ``RGB`` PIL image of the file's size ``(W, H)``."""
-    path = Path(path)
-    _require_file(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except _READ_ERRORS as exc:
-        raise DatasetFormatError(path, f"unreadable image ({exc})") from exc
+    with _open(path) as img:
+        img.load()
+        return to_rgb(img)

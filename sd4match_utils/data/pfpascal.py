@@ -26,7 +26,6 @@ from .base import (DEFAULT_IMG_SIZE, DatasetFormatError, PairDataset, PairEntry,
                    check_inside)
 from .images import load_rgb
 
-SPLITS = ("trn", "val", "test")
 #: The 20 PASCAL VOC classes; the CSV's ``class`` column is a 1-based index into this tuple.
 PFPASCAL_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -95,15 +94,9 @@ class PFPascalDataset(PairDataset):
 
     def __init__(self, root: str | Path, split: str = "test", img_size: int = DEFAULT_IMG_SIZE):
         super().__init__(root, split, img_size)
-        self.data_dir = self.root / "PF-dataset-PASCAL"
-        if not self.data_dir.is_dir():
-            raise DatasetFormatError(self.data_dir, "PF-Pascal data folder not found")
-        candidates = [self.root / f"{split}_pairs.csv", self.data_dir / f"{split}_pairs.csv"]
-        csv_path = next((p for p in candidates if p.is_file()), None)
-        if csv_path is None:
-            raise DatasetFormatError(candidates[0], f"split file for split {split!r} not found")
-        self.csv_path = csv_path
-
+        self.data_dir = self._folder("PF-dataset-PASCAL", "PF-Pascal data folder")
+        name = f"{split}_pairs.csv"
+        self.csv_path = csv_path = self._split_file(self.root / name, self.data_dir / name)
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]

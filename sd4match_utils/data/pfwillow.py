@@ -23,7 +23,6 @@ from .base import (DEFAULT_IMG_SIZE, DatasetFormatError, PairDataset, PairEntry,
                    check_inside, keypoint_box, scale_points)
 from .images import load_rgb
 
-SPLITS = ("test",)
 N_KPS = 10
 N_COLUMNS = 2 + 4 * N_KPS
 
@@ -42,13 +41,8 @@ class PFWillowDataset(PairDataset):
 
     def __init__(self, root: str | Path, split: str = "test", img_size: int = DEFAULT_IMG_SIZE):
         super().__init__(root, split, img_size)
-        self.data_dir = self.root / "PF-dataset"
-        if not self.data_dir.is_dir():
-            raise DatasetFormatError(self.data_dir, "PF-Willow data folder not found")
-        self.csv_path = self.root / f"{split}_pairs.csv"
-        if not self.csv_path.is_file():
-            raise DatasetFormatError(self.csv_path, f"split file for split {split!r} not found "
-                                                    "(PF-Willow has only 'test')")
+        self.data_dir = self._folder("PF-dataset", "PF-Willow data folder")
+        self.csv_path = self._split_file(self.root / f"{split}_pairs.csv", note=" (PF-Willow has only 'test')")
         with self.csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
         if not rows or len(rows[0]) != N_COLUMNS:

@@ -14,17 +14,15 @@ a pair with none gets a ``skip_reason`` (the evaluation records it as skipped).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .base import (DEFAULT_IMG_SIZE, DatasetFormatError, PairDataset, PairEntry, PairSample, as_box, as_points,
-                   box_threshold, check_inside, scale_box)
+                   box_threshold, check_inside, read_json, scale_box)
 from .images import load_rgb
 
-SPLITS = ("trn", "val", "test")
 #: Per-pair difficulty annotations copied into ``PairSample.flags`` when present.
 FLAG_KEYS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
 _REQUIRED_KEYS = ("src_kps", "trg_kps", "src_bndbox", "trg_bndbox")
@@ -44,19 +42,6 @@ def parse_layout_line(line: str, path: Path, lineno: int) -> tuple[str, str, str
     return fields[1], fields[2], category
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; a missing file, bad syntax or a non-object raise :class:`DatasetFormatError`."""
-    if not path.is_file():
-        raise DatasetFormatError(path, "annotation file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetFormatError(path, f"malformed JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DatasetFormatError(path, f"malformed JSON: expected an object, got {type(data).__name__}")
-    return data
-
-
 class SPairDataset(PairDataset):
     """One split of SPair-71k. The index (the layout file) is read at construction; JSON and images per item."""
 
@@ -64,10 +49,7 @@ class SPairDataset(PairDataset):
 
     def __init__(self, root: str | Path, split: str = "test", img_size: int = DEFAULT_IMG_SIZE):
         super().__init__(root, split, img_size)
-        layout = self.root / "Layout" / "large" / f"{split}.txt"
-        if not layout.is_file():
-            raise DatasetFormatError(layout, f"split file for split {split!r} not found")
-        self.split_file = layout
+        self.split_file = layout = self._split_file(self.root / "Layout" / "large" / f"{split}.txt")
         categories = set()
         for lineno, raw in enumerate(layout.read_text(encoding="utf-8").splitlines(), start=1):
             line = raw.strip()
@@ -87,6 +69,8 @@ class SPairDataset(PairDataset):
     def _load(self, entry: SPairEntry) -> PairSample:
         path = entry.json_path
         ann = read_json(path)
+        if not isinstance(ann, dict):
+            raise DatasetFormatError(path, f"malformed JSON: expected an object, got {type(ann).__name__}")
         missing = [k for k in _REQUIRED_KEYS if k not in ann]
         if missing:
             raise DatasetFormatError(path, f"missing key(s) {missing}")
@@ -101,8 +85,8 @@ class SPairDataset(PairDataset):
         src_bbox = as_box(ann["src_bndbox"], path, "src_bndbox")
         trg_bbox = as_box(ann["trg_bndbox"], path, "trg_bndbox")
         if not (trg_bbox[2] > trg_bbox[0] and trg_bbox[3] > trg_bbox[1]):
-            raise DatasetFormatError(path, f"trg_bndbox {trg_bbox.tolist()} is empty or inverted (need x2 > x1 and "
-                                           f"y2 > y1): its PCK threshold max(w, h) would be {box_threshold(trg_bbox):g}")
+            raise DatasetFormatError(path, f"trg_bndbox {trg_bbox.tolist()} is empty or inverted (need x2 > x1 and y2 "
+                                           f"> y1): its PCK threshold max(w, h) would be {box_threshold(trg_bbox):g}")
         kp_names = ann.get("kp_names")
         if kp_names is not None and len(kp_names) != len(src_kps):
             raise DatasetFormatError(path, f"{len(kp_names)} kp_names for {len(src_kps)} keypoints")

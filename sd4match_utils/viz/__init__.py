@@ -1,5 +1,5 @@
 """Every plot the notebooks draw: feature maps, matches and heat-maps on images (:mod:`.images`), charts of PCK
-tables (:mod:`.charts`), and reproducible saving (:mod:`.base`).
+tables and of the prompt-tuning runs (:mod:`.charts`), and reproducible saving (:mod:`.base`).
 
 Plotting only: the maths lives in :mod:`~sd4match_utils.matching` and :mod:`~sd4match_utils.metrics`, the tables
 in :mod:`~sd4match_utils.benchmark`. Every ``plot_*`` function returns the :class:`matplotlib.figure.Figure`, draws
@@ -12,12 +12,13 @@ Feature-grid cells are placed with the align-corners convention of :func:`~sd4ma
 """
 
 from .base import DPI, save_figure
-from .charts import plot_category_bars, plot_cpm_state, plot_flags, plot_matchers, plot_overview, plot_pck_grid
+from .charts import (plot_ablations, plot_category_bars, plot_cpm_state, plot_flags, plot_matchers, plot_overview,
+                     plot_pck_grid, plot_prompt_comparison, plot_training)
 from .images import (pca_rgb, pca_rgb_joint, plot_best_worst, plot_explorer, plot_matches, plot_pca,
                      plot_prediction_changes, plot_similarity, render_points_png, render_source_png,
                      render_target_png)
 
-__all__ = ["DPI", "pca_rgb", "pca_rgb_joint", "plot_best_worst", "plot_category_bars", "plot_cpm_state",
-           "plot_explorer", "plot_flags", "plot_matchers", "plot_matches", "plot_overview", "plot_pca",
-           "plot_pck_grid", "plot_prediction_changes", "plot_similarity", "render_points_png", "render_source_png",
-           "render_target_png", "save_figure"]
+__all__ = ["DPI", "pca_rgb", "pca_rgb_joint", "plot_ablations", "plot_best_worst", "plot_category_bars",
+           "plot_cpm_state", "plot_explorer", "plot_flags", "plot_matchers", "plot_matches", "plot_overview",
+           "plot_pca", "plot_pck_grid", "plot_prediction_changes", "plot_prompt_comparison", "plot_similarity",
+           "plot_training", "render_points_png", "render_source_png", "render_target_png", "save_figure"]

@@ -1,16 +1,20 @@
-"""Charts of PCK tables: the layer × timestep grid (notebook 01), benchmark bars per dataset, matcher, category and
-difficulty flag (notebooks 03, 04), and the CPM's gate and token norms before and after training (notebook 03)."""
+"""Charts of PCK tables: the layer × timestep grid (notebook 01), prompt comparison, training curves and ablation
+sweeps (notebook 02), benchmark bars per dataset, matcher, category and difficulty flag (notebooks 03, 04), and the
+CPM's gate and token norms before and after training (notebook 03). Bars, heat-maps and categorical lines are drawn
+with seaborn."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..benchmark import BENCHMARK_NAMES, select
 from ..matching import MATCHERS
@@ -88,22 +92,16 @@ def plot_pck_grid(
     label = " · ".join(str(frame[c].iloc[0]) for c in ("matcher", "averaging") if c in frame.columns)
     if "alpha" in frame.columns:
         label = f"PCK@{float(frame['alpha'].iloc[0]):g} " + (f"({label})" if label else "")
-    image = None
     for ax, prompt in zip(flat, prompts):
         sub = frame[frame["prompt"] == prompt]
         grid_vals = sub.pivot_table(index="layer", columns="timestep", values="pck", aggfunc="mean")
         grid_vals = grid_vals.reindex(index=layers, columns=timesteps)
-        if kind == "heatmap":
-            vals = grid_vals.to_numpy(dtype=float)
-            image = ax.imshow(vals, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-            for i in range(vals.shape[0]):
-                for j in range(vals.shape[1]):
-                    if np.isfinite(vals[i, j]):
-                        shade = (vals[i, j] - vmin) / max(vmax - vmin, 1e-9)
-                        ax.text(j, i, f"{vals[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                                color="black" if shade > 0.6 else "white")
-            ax.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
-            ax.set_yticks(range(len(layers)), [f"up{l}" for l in layers])
+        if kind == "heatmap":  # one colour bar, drawn by the last prompt's panel into the extra axes
+            last = prompt == prompts[-1]
+            sns.heatmap(grid_vals.rename(index=lambda l: f"up{l}").astype(float), ax=ax, cmap="viridis", vmin=vmin,
+                        vmax=vmax, annot=True, fmt=".1f", annot_kws={"fontsize": 8}, cbar=last,
+                        cbar_ax=flat[-1] if last else None, cbar_kws={"label": label or "PCK"})
+            ax.tick_params(axis="y", labelrotation=0)
             ax.set_xlabel("timestep t")
             ax.set_ylabel("up-block")
         else:
@@ -115,33 +113,40 @@ def plot_pck_grid(
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         ax.set_title(f"prompt: {prompt}", fontsize=9)
-    if kind == "heatmap":
-        cbar = fig.colorbar(image, cax=flat[-1])
-        cbar.set_label(label or "PCK")
     return finish(fig, save, title, own=axes is None)
 
 
 def _grouped_bars(ax, frame: pd.DataFrame, x: str, hue: str, xs: list, hues: list, value: str = "pck",
-                  ci: bool = True) -> None:
-    """Bars of ``value`` at each ``x`` (groups) for each ``hue`` (bars within a group), CI whiskers when present."""
-    width = 0.8 / max(len(hues), 1)
-    colours = plt.get_cmap("tab10")
-    for j, h in enumerate(hues):
-        sub = frame[frame[hue] == h].set_index(x)
-        vals = [float(sub.loc[v, value]) if v in sub.index else math.nan for v in xs]
-        pos = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        err = None
-        if ci and {"ci_low", "ci_high"} <= set(sub.columns):
-            lo = [float(sub.loc[v, "ci_low"]) if v in sub.index else math.nan for v in xs]
-            hi = [float(sub.loc[v, "ci_high"]) if v in sub.index else math.nan for v in xs]
-            err = np.nan_to_num(np.clip(np.array([np.subtract(vals, lo), np.subtract(hi, vals)]), 0, None))
-        ax.bar(pos, np.nan_to_num(vals), width * 0.92, yerr=err, capsize=2, label=str(h), color=colours(j % 10),
-               error_kw={"elinewidth": 0.8})
-    ax.set_xticks(np.arange(len(xs)))
-    ax.set_xticklabels([str(v) for v in xs], rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center",
-                       fontsize=8)
+                  ci: bool = True, legend: bool = True) -> None:
+    """Bars of ``value`` at each ``x`` (groups) for each ``hue`` (bars within a group), with the table's own
+    ``ci_low`` / ``ci_high`` whiskers when present (bootstrap intervals over pairs, not seaborn's)."""
+    drawn = len(ax.containers)
+    sns.barplot(data=frame, x=x, y=value, hue=hue, order=xs, hue_order=hues, errorbar=None, palette="tab10",
+                gap=0.08, legend=legend, ax=ax)
+    if ci and {"ci_low", "ci_high"} <= set(frame.columns):
+        for h, bars in zip(hues, ax.containers[drawn:]):  # one container per hue level, a bar per x with a value
+            if not len(bars):
+                continue
+            centres = np.array([b.get_x() + b.get_width() / 2 for b in bars])
+            heights = np.array([b.get_height() for b in bars])
+            rows = frame[frame[hue] == h].set_index(x).reindex([xs[int(round(c))] for c in centres])
+            err = np.clip([heights - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - heights], 0,
+                          None)
+            ax.errorbar(centres, heights, yerr=np.nan_to_num(err), fmt="none", ecolor="black", elinewidth=0.8,
+                        capsize=2)
+    ax.tick_params(axis="x", labelsize=8)
+    if len(xs) > 4:
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    ax.set_xlabel("")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
+    _small_legend(ax, title=hue)
+
+
+def _small_legend(ax, title: str | None = None) -> None:
+    """Restyle the legend seaborn drew (if it drew one): small type, best place, the given title."""
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "best", fontsize=7, title=title, title_fontsize=7)
 
 
 def _metric_label(alpha: float, averaging: str, matcher: str | None) -> str:
@@ -158,7 +163,6 @@ def plot_overview(results: pd.DataFrame, matcher: str = "kernel_softmax", alpha:
     _grouped_bars(ax, frame.assign(dataset=frame["dataset"].map(lambda d: BENCHMARK_NAMES.get(d, d))), "dataset",
                   "prompt", [BENCHMARK_NAMES.get(d, d) for d in datasets], prompts)
     ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
-    ax.legend(fontsize=7, title="prompt", title_fontsize=7)
     return finish(fig, save, title)
 
 
@@ -171,11 +175,10 @@ def plot_matchers(results: pd.DataFrame, alpha: float = 0.1, averaging: str = "p
     matchers = [m for m in MATCHERS if m in set(frame["matcher"])]
     width = min(10.0, max(5.0, 0.35 * len(matchers) * max(len(prompts), 1) + 1.5))
     fig, axes = plt.subplots(max(len(datasets), 1), 1, figsize=(width, 2.8 * max(len(datasets), 1)), squeeze=False)
-    for ax, d in zip(axes[:, 0], datasets):
-        _grouped_bars(ax, frame[frame["dataset"] == d], "matcher", "prompt", matchers, prompts)
+    for i, (ax, d) in enumerate(zip(axes[:, 0], datasets)):
+        _grouped_bars(ax, frame[frame["dataset"] == d], "matcher", "prompt", matchers, prompts, legend=i == 0)
         ax.set_title(BENCHMARK_NAMES.get(d, d), fontsize=9)
         ax.set_ylabel(_metric_label(alpha, averaging, None), fontsize=8)
-    axes[0][0].legend(fontsize=7, title="prompt", title_fontsize=7)
     return finish(fig, save, title)
 
 
@@ -193,7 +196,6 @@ def plot_category_bars(results: pd.DataFrame, dataset: str, matcher: str = "kern
         fig = ax.figure
     _grouped_bars(ax, frame, "category", "prompt", cats, prompts, ci=ci)
     ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
-    ax.legend(fontsize=7, title="prompt", title_fontsize=7)
     if own:
         return finish(fig, save, title)
     if title:
@@ -209,15 +211,13 @@ def plot_flags(flags: pd.DataFrame, matcher: str = "kernel_softmax", alpha: floa
     names = list(dict.fromkeys(frame["flag"]))
     prompts = list(dict.fromkeys(frame["prompt"]))
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.0 * max(len(names), 1), 3.2), squeeze=False)
-    for ax, flag in zip(axes[0], names):
+    for i, (ax, flag) in enumerate(zip(axes[0], names)):
         sub = frame[frame["flag"] == flag].copy()
         sub["value"] = sub["value"].astype(str)
         values = sorted(set(sub["value"]), key=lambda v: (v != "all", v))
-        _grouped_bars(ax, sub, "value", "prompt", values, prompts)
+        _grouped_bars(ax, sub, "value", "prompt", values, prompts, legend=i == 0)
         ax.set_title(flag.replace("_", " "), fontsize=9)
         ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
-    if names:
-        axes[0][0].legend(fontsize=7, title="prompt", title_fontsize=7)
     return finish(fig, save, title)
 
 
@@ -234,27 +234,22 @@ def plot_cpm_state(before, after, labels: tuple[str, str] = ("before training", 
     n0, n1 = before.token_norms(), after.token_norms()
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
     ax = axes[0, 0]
-    bins = np.linspace(-1, 1, 51)
-    ax.hist(g0.ravel(), bins=bins, alpha=0.55, label=labels[0], color="#7f7f7f")
-    ax.hist(g1.ravel(), bins=bins, alpha=0.55, label=labels[1], color="#1f77b4")
+    sns.histplot({labels[0]: g0.ravel(), labels[1]: g1.ravel()}, bins=np.linspace(-1, 1, 51), alpha=0.55,
+                 palette=["#7f7f7f", "#1f77b4"], ax=ax)
     ax.set_xlabel("gate value tanh(α)", fontsize=8)
     ax.set_ylabel("entries", fontsize=8)
-    ax.legend(fontsize=7)
+    _small_legend(ax)
     ax.set_title("gate values", fontsize=9)
-    ax = axes[0, 1]
-    im = ax.imshow(g1, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_title(f"gate tanh(α) {labels[1]} (C × D = {g1.shape[0]} × {g1.shape[1]})", fontsize=9)
-    ax.set_xlabel("text channel", fontsize=8)
-    ax.set_ylabel("conditional token", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax = axes[1, 0]
     delta = g1 - g0
     lim = float(np.abs(delta).max()) or 1e-6
-    im = ax.imshow(delta, aspect="auto", cmap="PuOr", vmin=-lim, vmax=lim, interpolation="nearest")
-    ax.set_title(f"gate change ({labels[1]} − {labels[0]}), max |Δ| = {lim:.3g}", fontsize=9)
-    ax.set_xlabel("text channel", fontsize=8)
-    ax.set_ylabel("conditional token", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax, values, cmap, vlim, name in (
+        (axes[0, 1], g1, "RdBu_r", 1.0, f"gate tanh(α) {labels[1]} (C × D = {g1.shape[0]} × {g1.shape[1]})"),
+        (axes[1, 0], delta, "PuOr", lim, f"gate change ({labels[1]} − {labels[0]}), max |Δ| = {lim:.3g}"),
+    ):
+        sns.heatmap(values, ax=ax, cmap=cmap, vmin=-vlim, vmax=vlim, cbar_kws={"fraction": 0.046}, rasterized=True)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("text channel", fontsize=8)
+        ax.set_ylabel("conditional token", fontsize=8)
     ax = axes[1, 1]
     g = len(n0["global"])
     colours = {"global": "#2ca02c", "positional": "#ff7f0e", "gate": "#1f77b4"}
@@ -269,4 +264,104 @@ def plot_cpm_state(before, after, labels: tuple[str, str] = ("before training", 
     ax.legend(fontsize=7)
     for a in axes.ravel():
         a.tick_params(labelsize=7)
+    return finish(fig, save, title)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# prompt tuning and its ablations (notebooks 02 and 03)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def plot_prompt_comparison(table: pd.DataFrame, title: str | None = None, save: str | Path | None = None) -> Figure:
+    """Grouped bars of test PCK: one panel per matcher (columns) × averaging (rows), prompts on the x axis, one bar
+    per α.
+
+    Args:
+        table: PCK records (:func:`~sd4match_utils.metrics.pck_records`, one space and category) with a
+            ``prompt`` column: columns ``prompt, matcher, averaging, alpha, pck``.
+    """
+    alphas = sorted(table["alpha"].unique())
+    data = table.assign(α=table["alpha"].map(lambda a: f"α={a:g}"))
+    grid = sns.catplot(data=data, kind="bar", x="prompt", y="pck", hue="α", col="matcher", row="averaging",
+                       order=list(dict.fromkeys(table["prompt"])), hue_order=[f"α={a:g}" for a in alphas],
+                       col_order=list(dict.fromkeys(table["matcher"])),
+                       row_order=list(dict.fromkeys(table["averaging"])), errorbar=None, sharey=True,
+                       height=2.8, aspect=3.6 / 2.8, legend_out=False)
+    grid.set_titles("{col_name} · {row_name}", size=9)
+    grid.set_axis_labels("", "test PCK (%)")
+    for ax in grid.axes.flat:
+        ax.grid(axis="y", alpha=0.3)
+    if grid.legend is not None:  # inside the top-right panel
+        sns.move_legend(grid, "upper right", bbox_to_anchor=(1, 1), bbox_transform=grid.axes[0, -1].transAxes,
+                        fontsize=7, title=None)
+    return finish(grid.figure, save, title)
+
+
+def plot_training(curves: pd.DataFrame, summary: pd.DataFrame, title: str | None = None,
+                  save: str | Path | None = None) -> Figure:
+    """Training loss against step (one line per prompt) and validation PCK before / after training (bars).
+
+    Args:
+        curves: output of :func:`~sd4match_utils.report.training_curves`.
+        summary: output of :func:`~sd4match_utils.report.training_table`.
+    """
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    sns.lineplot(data=curves[curves["kind"] == "train"], x="step", y="loss", hue="prompt", marker=".",
+                 errorbar=None, ax=ax_loss)
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.set_xlabel("optimiser step")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.grid(alpha=0.3)
+    _small_legend(ax_loss)
+    when = {"val_pck_before": "before training", "val_pck_last": "after training"}
+    val = summary.melt(id_vars="prompt", value_vars=list(when), var_name="when", value_name="pck")
+    val = val.assign(when=val["when"].map(when), pck=pd.to_numeric(val["pck"]))
+    sns.barplot(data=val, x="prompt", y="pck", hue="when", hue_order=list(when.values()), errorbar=None, ax=ax_val)
+    for bars in ax_val.containers:
+        ax_val.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax_val.margins(y=0.15)
+    ax_val.set_xlabel("")
+    ax_val.set_ylabel("validation nn-PCK@0.1 (%)")
+    ax_val.grid(axis="y", alpha=0.3)
+    _small_legend(ax_val)
+    return finish(fig, save, title)
+
+
+def plot_ablations(tables: Mapping[str, pd.DataFrame], alpha: float = 0.1, averaging: str = "per_image",
+                   base: Mapping[str, object] | None = None, title: str | None = None,
+                   save: str | Path | None = None) -> Figure:
+    """One panel per axis: test PCK@``alpha`` against the axis's values (categorical x), one line per matcher.
+
+    Args:
+        tables: axis → PCK records of each value (columns ``value, matcher, averaging, alpha, pck``), values in
+            the order to draw.
+        base: axis → the base run's value, shaded in its panel.
+    """
+    n = len(tables)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols) if n else 1
+    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(3.3 * max(cols, 1), 2.8 * rows), squeeze=False,
+                             sharey=True)
+    flat = list(axes.ravel())
+    show = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    for i, (ax, (axis, table)) in enumerate(zip(flat, tables.items())):
+        sub = table[(table["averaging"] == averaging) & np.isclose(table["alpha"], alpha)]
+        values = list(dict.fromkeys(sub["value"]))
+        matchers = list(dict.fromkeys(sub["matcher"]))
+        sns.pointplot(data=sub.assign(shown=sub["value"].map(show)), x="shown", y="pck", hue="matcher",
+                      order=[show(v) for v in values], hue_order=matchers, errorbar=None,
+                      markers=["os^D"[k % 4] for k in range(len(matchers))],
+                      linestyles=[("-", "--", ":", "-.")[k % 4] for k in range(len(matchers))], legend=i == 0, ax=ax)
+        if base is not None and axis in base and base[axis] in values:
+            at = values.index(base[axis])
+            ax.axvspan(at - 0.25, at + 0.25, color="0.85", zorder=0, label="base")
+        ax.set_xlim(-0.5, len(values) - 0.5)
+        ax.set_xlabel(axis)
+        ax.set_ylabel(f"test PCK@{alpha:g} ({averaging}, %)" if i % cols == 0 else "")
+        ax.grid(alpha=0.3)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    if n:
+        flat[0].set_ylim(bottom=0)  # once all panels are drawn: the shared top then fits every panel's values
+        flat[0].legend(fontsize=7)
     return finish(fig, save, title)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from ..benchmark import BENCHMARK_NAMES, load_predictions
-from ..matching import ClickResult
+from ..explore import ClickResult
 from ..metrics import clamp_gt, pck_correct
 from .base import GT, OK, WRONG, as_points, finish, flat_axes, new_axes, resized, upsample_map
 
@@ -307,7 +307,7 @@ def plot_explorer(
 
     Args:
         src_img, trg_img: PIL images (shown resized to ``img_size``).
-        results: ``{label: ClickResult}`` from :func:`~sd4match_utils.matching.explore_click` (one click).
+        results: ``{label: ClickResult}`` from :func:`~sd4match_utils.explore.explore_click` (one click).
         img_size: side of the resized images the results refer to.
         gt_xy: ``(2,)`` ground-truth target point, or ``None``.
         title, axes, save: as in :func:`plot_similarity` (``1 + len(results)`` axes).

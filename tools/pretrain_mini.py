@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cache import atomic_save_tensors, atomic_write_json
-from .models import MINI_DIR
-from .data.synthetic import SYNTHETIC_CATEGORIES
-from .tiny import SD21_SCHEDULER_CONFIG, TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_WORDS
+from sd4match_utils.cache import atomic_save_tensors, atomic_write_json
+from sd4match_utils.models import MINI_DIR
+from sd4match_utils.data.synthetic import SYNTHETIC_CATEGORIES
+from sd4match_utils.tiny import TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_WORDS
 
 NATIVE_SIZE = 256
 MINI_UNET_CONFIG = dict(TINY_UNET_CONFIG, sample_size=NATIVE_SIZE // 8, layers_per_block=1)
@@ -96,7 +96,7 @@ def render_pool(seed: int, n: int, size: int, start: int = 0, progress: bool = T
     """
     from PIL import Image
 
-    from .data.synthetic import _rng, render_instance
+    from sd4match_utils.data.synthetic import _rng, render_instance
 
     images = torch.empty(n, 3, size, size, dtype=torch.uint8)
     attrs = []
@@ -127,7 +127,7 @@ def build_mini_components(seed: int = 0) -> dict:
     """Untrained mini components (UNet, VAE, text encoder, tokenizer, scheduler) and its ViT, from ``seed``."""
     from transformers import Dinov2Config, Dinov2Model
 
-    from .tiny import build_components
+    from sd4match_utils.tiny import build_components
 
     parts = build_components(MINI_UNET_CONFIG, MINI_VAE_CONFIG, MINI_TEXT_CONFIG, seed, words=MINI_WORDS)
     with torch.random.fork_rng(devices=[]):
@@ -276,7 +276,7 @@ class Pretrainer:
         return F.mse_loss(v.float(), target.to(self.device))
 
     def _dino_inputs(self, idx) -> torch.Tensor:
-        from .dino import IMAGENET_MEAN, IMAGENET_STD
+        from sd4match_utils.dino import IMAGENET_MEAN, IMAGENET_STD
 
         x = self.pool[torch.as_tensor(idx)].float() / 255.0
         off = (NATIVE_SIZE - 224) // 2
@@ -325,12 +325,12 @@ class Pretrainer:
         """Choose the read-out layer and timestep on held-out pairs; returns the table of PCK values."""
         import tempfile
 
-        from .data import load_dataset
-        from .data.synthetic import generate_spair
-        from .conditioning import make_conditioning
-        from .evaluate import predict
-        from .features import FeatureExtractor
-        from .metrics import pck_records
+        from sd4match_utils.data import load_dataset
+        from sd4match_utils.data.synthetic import generate_spair
+        from sd4match_utils.conditioning import make_conditioning
+        from sd4match_utils.evaluate import predict
+        from sd4match_utils.features import FeatureExtractor
+        from sd4match_utils.metrics import pck_records
 
         sd = self.sd_model()
         table = []
@@ -342,18 +342,16 @@ class Pretrainer:
             for t in (25, 50, 100, 200, 400):
                 ex = FeatureExtractor(sd, layers=(1, 2, 3), timestep=t, ensemble=2, img_size=NATIVE_SIZE,
                                       seed=self.seed)
-                reused = ReusedFeatures(ex)
-                for layer in (1, 2, 3):
-                    df = predict(ds, reused, cond, ["kernel_softmax"], layer=layer,
-                                 progress=False)
+                preds = predict(ds, ex, cond, ["kernel_softmax"], layer=(1, 2, 3), progress=False)  # one pass
+                for layer, df in preds.groupby("layer"):
                     rec = [r for r in pck_records(df, alphas=(0.1,), spaces=("resized",), img_size=NATIVE_SIZE)
                            if r["averaging"] == "per_image" and r["category"] == "all"][0]
-                    table.append({"layer": layer, "timestep": t, "pck": rec["pck"]})
+                    table.append({"layer": int(layer), "timestep": t, "pck": rec["pck"]})
         best = max(table, key=lambda r: r["pck"])
         return {"table": table, "layer": best["layer"], "timestep": best["timestep"], "pck": best["pck"]}
 
     def sd_model(self):
-        from .models import SDModel
+        from sd4match_utils.models import SDModel
 
         p = self.parts
         for m in (p["unet"], p["vae"], p["text_encoder"]):
@@ -485,7 +483,7 @@ class Pretrainer:
     # -- export ------------------------------------------------------------------------------------------------
     def export(self, folder: Path, dtype: torch.dtype = torch.float32) -> dict:
         """Write the diffusers folder (+ ``dino/``, ``sd4match.json``, ``training.json``) atomically."""
-        from . import __version__
+        from sd4match_utils import __version__
 
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -543,26 +541,6 @@ def ship(model_dir: str | Path, dest: str | Path = MINI_DIR) -> Path:
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
-
-
-class ReusedFeatures:
-    """A :class:`~sd4match_utils.features.FeatureExtractor` that keeps every image's maps (all its layers) by image
-    key, so a sweep over read-out layers extracts each image once. Returns ``{layer: (B, C, h, w)}``."""
-
-    def __init__(self, extractor, store: dict | None = None):
-        self.extractor, self.store = extractor, {} if store is None else store
-        self.img_size = extractor.img_size
-
-    def __call__(self, images, cond):
-        from .features import image_key
-
-        keys = [image_key(im) for im in images]
-        missing = [(k, im) for k, im in zip(keys, images) if k not in self.store]
-        if missing:
-            feats = self.extractor([im for _, im in missing], cond)
-            for j, (k, _) in enumerate(missing):
-                self.store[k] = {layer: f[j] for layer, f in feats.items()}
-        return {layer: torch.stack([self.store[k][layer] for k in keys]) for layer in self.extractor.layers}
 
 
 def _versions(package_version: str) -> dict:

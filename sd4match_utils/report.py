@@ -1,0 +1,187 @@
+"""A notebook run: where its data and outputs are, what its files are called, and what it records.
+
+Every notebook starts the same way: a dict of its papermill parameters, an output folder, the embedded synthetic
+data when no dataset root is given, a progress switch (``TQDM_DISABLE``), and ends by writing a metrics JSON with
+the parameters, the model's identity, the elapsed time and the library versions. :class:`NotebookRun` is that
+shared part, so that each notebook keeps only its own story.
+
+>>> run = NotebookRun("01_feature_extraction_per_layer", dict(model="mini"), out_dir="../figures")  # doctest: +SKIP
+>>> root, synthetic = run.dataset_root("spair", "")                  # "" → the embedded synthetic data
+>>> names = run.names(("pca", "similarity"), "mini", "spair", synthetic)   # {"pca": ../figures/01_pca_mini_…}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .cache import atomic_write_json
+
+__all__ = ["SUMMARY_COLUMNS", "NotebookRun", "dataset_tag", "model_tag", "output_name", "provenance", "records",
+           "show_progress", "training_curves", "training_table"]
+
+
+def model_tag(model: str) -> str:
+    """A short file-system-safe tag for a model: ``"tiny"`` → ``"tiny"``; a hub id ``"owner/name"`` →
+    ``"owner--name"``; a local folder → its folder name. Other characters outside ``[A-Za-z0-9._-]`` become
+    ``-``."""
+    model = str(model).strip()
+    if not model:
+        raise ValueError("model must not be empty")
+    path = Path(model).expanduser()
+    if path.is_dir() or model.startswith((".", "/", "~")):
+        model = path.resolve().name or "model"
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "--")).strip("-.")
+    return tag or "model"
+
+
+def dataset_tag(dataset: str, synthetic: bool) -> str:
+    """``"spair"`` or, for the embedded generated data, ``"spair-synthetic"`` (so a figure made on generated
+    images is never mistaken for one made on the benchmark)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(dataset).strip().lower()).strip("-.")
+    if not name:
+        raise ValueError("dataset must not be empty")
+    return f"{name}-synthetic" if synthetic else name
+
+
+def output_name(prefix: str, what: str, model: str, dataset: str, synthetic: bool, suffix: str = ".png") -> str:
+    """``<prefix>_<what>_<model-tag>_<dataset-tag><suffix>``, e.g. ``01_pca_tiny_spair-synthetic.png``."""
+    return f"{prefix}_{what}_{model_tag(model)}_{dataset_tag(dataset, synthetic)}{suffix}"
+
+
+def show_progress() -> bool:
+    """Whether progress bars are wanted: not when ``TQDM_DISABLE`` is set (headless papermill runs)."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in {"1", "true", "yes"}
+
+
+def provenance() -> dict:
+    """Package and library versions, machine and date."""
+    import diffusers
+    import transformers
+
+    return {
+        "sd4match_version": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """JSON-ready records of a table: Python numbers and strings, NaN → ``None``."""
+    out = []
+    for row in frame.to_dict("records"):
+        clean = {}
+        for k, v in row.items():
+            v = v.item() if isinstance(v, np.generic) else v
+            clean[str(k)] = None if isinstance(v, float) and not math.isfinite(v) else v
+        out.append(clean)
+    return out
+
+
+class NotebookRun:
+    """The shared set-up and bookkeeping of one notebook execution.
+
+    Args:
+        notebook: the notebook's name, e.g. ``"01_feature_extraction_per_layer"`` (its number prefixes the files).
+        parameters: the papermill parameters as given (recorded under ``settings``).
+        out_dir: folder for figures and the metrics JSON.
+        cpu_threads: torch CPU threads (0 keeps torch's default).
+        synthetic_root: where the embedded synthetic data is generated (or reused).
+    """
+
+    def __init__(self, notebook: str, parameters: Mapping, out_dir: str | Path = "../figures", cpu_threads: int = 0,
+                 synthetic_root: str | Path = "../data/synthetic"):
+        self.notebook, self.prefix = notebook, notebook.split("_")[0]
+        self.parameters = dict(parameters)
+        self.out = Path(out_dir)
+        self.synthetic_root = Path(synthetic_root)
+        self.progress = show_progress()
+        self.started = time.perf_counter()
+        if cpu_threads:
+            from .models import set_threads
+
+            set_threads(cpu_threads)
+
+    def dataset_root(self, dataset: str, data_root: str | Path = "") -> tuple[Path, bool]:
+        """``(root, synthetic)``: ``data_root`` as given, or (when empty) the embedded synthetic data's folder for
+        ``dataset``, generated on first use.
+
+        Raises:
+            ValueError: an unknown dataset.
+        """
+        from .data import DATASETS, ensure_synthetic
+
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        if data_root:
+            return Path(data_root).expanduser(), False
+        return ensure_synthetic(self.synthetic_root)[dataset], True
+
+    def names(self, whats: Iterable[str], model: str, dataset: str, synthetic: bool,
+              suffix: str = ".png") -> dict[str, Path]:
+        """``{what: out_dir / output_name(...)}`` for each output, plus ``"metrics"`` (``.json``)."""
+        names = {w: self.out / output_name(self.prefix, w, model, dataset, synthetic, suffix) for w in whats}
+        names["metrics"] = self.out / output_name(self.prefix, "metrics", model, dataset, synthetic, ".json")
+        return names
+
+    def write_metrics(self, path: str | Path, body: Mapping, sd=None, figures: Mapping | None = None) -> Path:
+        """Write ``body`` as JSON (atomically) with the notebook's name, its parameters (merged under
+        ``settings`` with ``body["settings"]``), the model's identity, the figures' file names, the elapsed time
+        and :func:`provenance`."""
+        body = dict(body)
+        metrics = {"notebook": self.notebook, **body,
+                   "settings": {**self.parameters, **body.get("settings", {})}}
+        if sd is not None:
+            metrics["model"] = sd.identity
+        if figures is not None:
+            metrics["figures"] = {k: Path(v).name for k, v in figures.items() if k != "metrics"}
+        metrics["elapsed_s"] = round(time.perf_counter() - self.started, 1)
+        metrics["provenance"] = provenance()
+        atomic_write_json(Path(path), metrics)
+        return Path(path)
+
+
+#: Columns of :func:`training_table` (from each run's ``summary.json``; PCK in percent, validation nn-PCK@0.1).
+SUMMARY_COLUMNS = ("run", "reused", "steps", "total_steps", "val_pck_before", "val_pck_last", "best_val_pck",
+                   "best_step", "first_loss", "last_loss")
+
+
+def training_table(runs: Mapping[str, str | Path], reused: Mapping[str, bool] | None = None) -> pd.DataFrame:
+    """One row per run (``{label: folder}``): ``prompt`` then :data:`SUMMARY_COLUMNS` from its ``summary.json``.
+
+    Raises:
+        FileNotFoundError: a folder without a readable ``summary.json``.
+    """
+    rows = []
+    for label, folder in runs.items():
+        try:
+            summary = json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise FileNotFoundError(f"{folder}: no readable summary.json (train the prompt first)") from None
+        info = {**summary, "run": Path(folder).name, "reused": (reused or {}).get(label)}
+        rows.append({"prompt": label, **{k: info.get(k) for k in SUMMARY_COLUMNS}})
+    return pd.DataFrame(rows, columns=["prompt", *SUMMARY_COLUMNS])
+
+
+def training_curves(runs: Mapping[str, str | Path]) -> pd.DataFrame:
+    """Every run's ``log.csv`` (``{label: folder}``) stacked behind a ``prompt`` column (``loss`` is NaN on validation rows, ``val_pck`` on
+    training rows)."""
+    frames = [pd.read_csv(Path(folder) / "log.csv", dtype={"kind": str}) for folder in runs.values()]
+    frames = [f.insert(0, "prompt", label) or f for label, f in zip(runs, frames)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["prompt"])
