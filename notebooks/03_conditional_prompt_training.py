@@ -108,9 +108,9 @@ base = TrainSettings(prompt_type="cpm", dataset=dataset, data_root=str(root), mo
                      batch_size=batch_size, lr=lr, lr_linear=lr_linear, n_global=n_global, n_cond=n_cond,
                      precision=precision, device=device, seed=seed, img_size=size, val_limit=val_limit or None,
                      dino=dino or None, save_every=1000)
-protocol = bm.BenchmarkSettings(model=model, layer=sd.recommended["layer"], timestep=sd.recommended["timestep"],
-                                ensemble=ensemble, limit=test_limit or None, seed=seed, img_size=size,
-                                matchers=("kernel_softmax", "nn"), precision=precision, device=device)
+protocol = dict(model=model, layer=sd.recommended["layer"], timestep=sd.recommended["timestep"], ensemble=ensemble,
+                limit=test_limit, seed=seed, img_size=size, matchers="kernel_softmax,nn", precision=precision,
+                device=device)
 print(f"model {sd.identity['model']} ({sd.identity['fingerprint']}), {precision}, {size} px; DINOv2 {base.dino}")
 print("data:", root, "(synthetic)" if synthetic else "", "· PF-Willow:", willow or "skipped")
 print("runs:", runs.resolve(), "· outputs:", out.resolve())
@@ -229,8 +229,8 @@ run.write_metrics(out / names["metrics"], {
     "cross_dataset_pfwillow": None if willow_results is None else willow_results.to_dict("records"),
     "cpm_vs_class": {"summary": change_table.to_dict("records"), "n_changed": int(changes["changed"].sum())},
     "settings": {"img_size_used": size, "synthetic_data": synthetic, "dino_used": base.dino,
-                 "protocol": {"timestep": protocol.timestep, "layer": protocol.layer, "ensemble": protocol.ensemble,
-                              "limit": protocol.limit, "matcher": "kernel_softmax", "space": "resized"},
+                 "protocol": {**{k: protocol[k] for k in ("timestep", "layer", "ensemble", "limit")},
+                              "matcher": "kernel_softmax", "space": "resized"},
                  "runs": {k: str(v) for k, v in run_dirs.items()}},
     "dataset": {"name": dataset, "root": str(Path(root).resolve()), "synthetic": synthetic,
                 "pfwillow_root": str(willow) if willow else None},

