@@ -149,39 +149,18 @@ def bilinear_corners(xy_f: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tens
     return x0, x0 + 1, y0, y0 + 1, fx, fy
 
 
-def _grid_sample_coord(v: Tensor, size: int) -> Tensor:
-    """Normalised float32 coordinate for ``grid_sample(..., align_corners=True)`` that reads back as ``v``.
-
-    ``grid_sample`` turns a normalised ``u`` into the cell coordinate ``((u + 1) / 2) · (size − 1)`` in float32.
-    ``u = 2v/(size − 1) − 1`` rounded to float32 can come back one float32 step away from ``v``; of ``u`` and
-    its two float32 neighbours the one that comes back closest is taken. It comes back exactly in most cases
-    and otherwise within half a float32 step of ``v`` (for ``v ≥ (size − 1)/2``) or ``(size − 1)·2⁻²⁵`` cells
-    (the float32 resolution of ``u + 1`` times ``(size − 1)/2``).
-
-    Args:
-        v: ``(...)`` float32 cell coordinates, already inside ``[0, size − 1]``.
-        size: number of cells along that axis.
-    """
-    s = size - 1
-    u = (v.to(torch.float64) * (2.0 / s) - 1.0).to(torch.float32)
-    down, up = torch.nextafter(u, torch.full_like(u, -2.0)), torch.nextafter(u, torch.full_like(u, 2.0))
-    cand = torch.stack([u, down, up], dim=-1)
-    err = (((cand + 1) / 2) * s - v[..., None]).abs()
-    return cand.gather(-1, err.argmin(-1, keepdim=True))[..., 0]
-
-
 def sample_descriptors(feat: Tensor, xy_f: Tensor) -> Tensor:
     """Bilinearly sample a feature map at continuous grid points (align corners).
 
     This is ``grid_sample(feat, ·, mode="bilinear", padding_mode="border", align_corners=True)``: points outside
     the grid are clamped to its border, and at a point ``(x_f, y_f)`` with corners ``x0 = ⌊x_f⌋``,
     ``y0 = ⌊y_f⌋`` the result is ``Σ (1 − |x_f − x_i|)(1 − |y_f − y_i|)·feat[:, y_i, x_i]`` over the four
-    corners. The normalised coordinates are chosen so that ``grid_sample`` reads back the float32 point
-    exactly in most cases and otherwise to within float32 resolution (≤ 2e-6 cells on a 48-cell map; see
-    :func:`_grid_sample_coord`), so an integer point gives its cell's vector up to that rounding.
+    corners. The interpolation runs in float64 (in float32, ``grid_sample``'s normalised coordinates would move a
+    point by up to ~2e-6 cells on a 48-cell map), so the result is the float32 rounding of the exact bilinear
+    value and an integer point gives its cell's vector exactly.
 
     Args:
-        feat: feature map (any float dtype; sampled in float32).
+        feat: feature map (any float dtype; interpolated in float64, returned in float32).
         xy_f: grid coordinates ``(x_f, y_f)``.
 
     Returns:
@@ -197,14 +176,12 @@ def sample_descriptors(feat: Tensor, xy_f: Tensor) -> Tensor:
         (feat, xy_f),
         (check_shape(feat, "feat", FEAT, min_cells=True), check_shape(xy_f, "xy_f", POINTS)),
     )
-    feat4 = (feat if batched else feat[None]).to(torch.float32)
-    pts = (xy_f if batched else xy_f[None]).to(device=feat4.device, dtype=torch.float32)
+    feat4 = (feat if batched else feat[None]).to(torch.float64)
+    pts = (xy_f if batched else xy_f[None]).to(device=feat4.device, dtype=torch.float64)
     h, w = feat4.shape[-2:]
-    x = _grid_sample_coord(pts[..., 0].clamp(0, w - 1), w)
-    y = _grid_sample_coord(pts[..., 1].clamp(0, h - 1), h)
-    grid = torch.stack([x, y], dim=-1)[:, None]  # (B, 1, N, 2)
+    grid = (pts / pts.new_tensor([w - 1, h - 1]) * 2 - 1)[:, None]  # (B, 1, N, 2) in [-1, 1]
     out = F.grid_sample(feat4, grid, mode="bilinear", padding_mode="border", align_corners=True)  # (B, C, 1, N)
-    out = out[:, :, 0].transpose(1, 2)  # (B, N, C)
+    out = out[:, :, 0].transpose(1, 2).to(torch.float32)  # (B, N, C)
     return out if batched else out[0]
 
 
@@ -243,11 +220,9 @@ def cosine_maps(src_desc: Tensor, trg_feat: Tensor) -> Tensor:
         raise ValueError(f"src_desc has {src_desc.shape[-1]} channels but trg_feat has {c}")
     trg = trg_feat if batched else trg_feat[None]
     src = src_desc if batched else src_desc[None]
-    trg = trg.to(torch.float32).reshape(trg.shape[0], c, h * w)
+    trg = l2_normalize(trg.to(torch.float32).reshape(trg.shape[0], c, h * w), dim=1)
     src = l2_normalize(src.to(device=trg.device, dtype=torch.float32), dim=-1)
-    # the target norms divide the (N, h·w) products rather than the (C, h·w) map: the same cosines to float32
-    # rounding, and far less work (forward and backward) when N is much smaller than C
-    out = (src @ trg) / (trg.norm(dim=1, keepdim=True) + EPS)
+    out = src @ trg
     out = out.reshape(trg.shape[0], -1, h, w)
     return out if batched else out[0]
 

@@ -180,17 +180,15 @@ def test_sample_descriptors_matches_loop_bilinear():
     out = sample_descriptors(feat, pts)
     assert out.shape == (40, 5) and out.dtype == torch.float32
     ref = np.stack([ref_sample(feat.double().numpy(), float(x), float(y)) for x, y in pts])
-    np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-6)
 
 
 def test_sample_descriptors_at_integer_points_is_the_cell():
-    # grid_sample reads a float32 coordinate back to within (w − 1)·2⁻²⁵ cells (not always exactly), so an
-    # integer point gives the cell's vector up to that weight on a neighbour: ~1e-7 here
     feat = _feat(7, 5, 6, seed=2)
     ys, xs = torch.meshgrid(torch.arange(5), torch.arange(6), indexing="ij")
     pts = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float()
     out = sample_descriptors(feat, pts)
-    torch.testing.assert_close(out, feat.reshape(7, -1).T, atol=1e-6, rtol=0)
+    assert torch.equal(out, feat.reshape(7, -1).T)  # interpolated in float64: exactly the cell
 
 
 def test_sample_descriptors_agrees_with_grid_sample_border():
