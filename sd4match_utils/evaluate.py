@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import shutil
 import sys
 from collections.abc import Sequence
@@ -174,10 +175,10 @@ def predict(
     """
     if dataset.img_size != extractor.img_size:
         raise ValueError(f"dataset img_size {dataset.img_size} != extractor img_size {extractor.img_size}")
-    layers = (int(layer),) if isinstance(layer, int) else tuple(int(l) for l in layer)
+    layer_column = not isinstance(layer, numbers.Integral)
+    layers = tuple(int(l) for l in layer) if layer_column else (int(layer),)
     if not layers or not set(layers) <= set(extractor.layers):
         raise ValueError(f"layer(s) {list(layers)} not among the extractor's up-blocks {list(extractor.layers)}")
-    layer_column = not isinstance(layer, int)
     if indices is None:
         indices = range(len(dataset) if limit is None else min(limit, len(dataset)))
     indices = list(indices)
