@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cache import atomic_write_json, file_sha256
+from .cache import atomic_write_json, file_sha256, read_json
 from .conditioning import FIXED_PROMPTS, inspect_prompt_file
 from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, parse_matchers, run_evaluation
 from .metrics import ALPHAS, SPACES, bootstrap_ci, clamp_gt, pck_by_flag, pck_correct, pck_records
@@ -214,20 +214,13 @@ def _run_key(es: EvalSettings) -> dict:
     return json.loads(json.dumps(key, default=str))
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _evaluate_one(es: EvalSettings, folder: Path, get_sd, progress: bool, shard_size: int) -> tuple[dict, str, float]:
     """Evaluate one ``(dataset, prompt)`` into ``folder`` unless a finished matching run is there.
 
     Returns ``(metrics, status, seconds)`` with status ``"reused"``, ``"resumed"`` or ``"computed"``."""
     key = _run_key(es)
-    side = _read_json(folder / _SIDE_FILE)
-    metrics = _read_json(folder / "metrics.json")
+    side = read_json(folder / _SIDE_FILE)
+    metrics = read_json(folder / "metrics.json")
     same = side is not None and side.get("key") == key
     if same and side.get("status") == "done" and metrics and (folder / "predictions.csv").is_file():
         sd = get_sd(loaded_only=True)
@@ -328,7 +321,7 @@ def load_predictions(folder: str | Path) -> pd.DataFrame:
 def _runs_iter(runs: pd.DataFrame, model: str | None):
     """``(run row, predictions, the columns naming the run)`` of every run."""
     for run in runs.itertuples(index=False):
-        name = model or (_read_json(Path(run.folder) / "metrics.json") or {}).get("settings", {}).get("model", "?")
+        name = model or (read_json(Path(run.folder) / "metrics.json") or {}).get("settings", {}).get("model", "?")
         head = {"dataset": run.dataset, "benchmark": BENCHMARK_NAMES.get(run.dataset, run.dataset),
                 "prompt": run.prompt, "kind": run.kind, "model": name,
                 "label": row_label(name, run.prompt, bool(run.synthetic))}

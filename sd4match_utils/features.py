@@ -150,6 +150,11 @@ def feature_shapes(sd, img_size: int) -> dict[int, tuple[int, int, int]]:
     return shapes
 
 
+def _check_timestep(sd, timestep: int) -> None:
+    if not 0 <= timestep < len(sd.alphas_cumprod):
+        raise ValueError(f"timestep must be in [0, {len(sd.alphas_cumprod) - 1}], got {timestep}")
+
+
 class FeatureExtractor:
     """Batched, seeded, no-grad extraction of up-block features for a list of images.
 
@@ -185,8 +190,7 @@ class FeatureExtractor:
             raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= timestep < len(sd.alphas_cumprod):
-            raise ValueError(f"timestep must be in [0, {len(sd.alphas_cumprod) - 1}], got {timestep}")
+        _check_timestep(sd, timestep)
         img_size = sd.native_img_size if img_size is None else int(img_size)
         if img_size % (sd.vae_scale * 8):
             raise ValueError(f"img_size must be a multiple of {sd.vae_scale * 8}, got {img_size}")
@@ -203,10 +207,9 @@ class FeatureExtractor:
     def at(self, timestep: int) -> "FeatureExtractor":
         """The same extractor at another diffusion step, sharing this one's latents (a VAE latent depends on the
         image, not on ``t`` or the prompt) and cache: a timestep sweep runs each image through the VAE once."""
+        _check_timestep(self.sd, timestep)
         other = copy.copy(self)
         other.timestep = int(timestep)
-        if not 0 <= other.timestep < len(self.sd.alphas_cumprod):
-            raise ValueError(f"timestep must be in [0, {len(self.sd.alphas_cumprod) - 1}], got {timestep}")
         return other
 
     def settings(self) -> dict:

@@ -13,7 +13,6 @@ shared part, so that each notebook keeps only its own story.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -27,7 +26,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .cache import atomic_write_json
+from .cache import atomic_write_json, read_json
 
 __all__ = ["SUMMARY_COLUMNS", "NotebookRun", "dataset_tag", "model_tag", "output_name", "provenance", "records",
            "show_progress", "training_curves", "training_table"]
@@ -170,10 +169,9 @@ def training_table(runs: Mapping[str, str | Path], reused: Mapping[str, bool] | 
     """
     rows = []
     for label, folder in runs.items():
-        try:
-            summary = json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise FileNotFoundError(f"{folder}: no readable summary.json (train the prompt first)") from None
+        summary = read_json(Path(folder) / "summary.json")
+        if summary is None:
+            raise FileNotFoundError(f"{folder}: no readable summary.json (train the prompt first)")
         info = {**summary, "run": Path(folder).name, "reused": (reused or {}).get(label)}
         rows.append({"prompt": label, **{k: info.get(k) for k in SUMMARY_COLUMNS}})
     return pd.DataFrame(rows, columns=["prompt", *SUMMARY_COLUMNS])

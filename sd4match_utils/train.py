@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .cache import atomic_save_tensors, atomic_write_bytes, atomic_write_json, locked_folder
+from .cache import atomic_save_tensors, atomic_write_bytes, atomic_write_json, locked_folder, read_json
 from .checks import check_device, check_img_size, check_limit, check_positive, check_writable_folder
 from .conditioning import CPM_FEATURES, CPM_MODES, Conditioning, ConditionalPrompt, LearnedPrompt, make_conditioning
 from .data import DATASETS
@@ -553,17 +553,9 @@ def run_dir(settings: TrainSettings, out_root: str | Path, model_fingerprint: st
                              f"_t{ident.get('timestep', settings.timestep)}_{steps}_{key[:12]}")
 
 
-def read_summary(folder: str | Path) -> dict | None:
-    """A run's ``summary.json`` (``None`` when missing or unreadable)."""
-    try:
-        return json.loads((Path(folder) / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def is_finished(folder: str | Path, settings: TrainSettings | None = None) -> bool:
     """Whether ``folder`` holds a completed run (all steps, both prompt files), of ``settings`` when given."""
-    summary = read_summary(folder)
+    summary = read_json(Path(folder) / "summary.json")
     if not summary or summary.get("steps") is None or summary["steps"] < summary.get("total_steps", math.inf):
         return False
     if not all((Path(folder) / f"prompt_{w}.safetensors").is_file() for w in ("best", "last")):
