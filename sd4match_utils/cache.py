@@ -1,10 +1,12 @@
-"""Atomic writes and a small on-disk tensor cache (safetensors, one file per key)."""
+"""Atomic writes, the lock of an output folder and a small on-disk tensor cache (safetensors, one file per key)."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,13 +14,6 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-
-def _umask_mode() -> int:
-    """``0o666`` less the process umask: the mode ``open()`` would give a new file (mkstemp gives 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 @contextmanager
@@ -31,7 +26,9 @@ def atomic_target(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, _umask_mode())
+        mask = os.umask(0)  # mkstemp gives 0o600: read the umask to give what open() gives
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -84,12 +81,9 @@ def locked_folder(folder: str | Path, what: str = "run"):
     """Hold an exclusive lock on ``folder`` (created if needed) for the duration of a run.
 
     The lock is ``folder/.sd4match.lock`` (``filelock``; released by the operating system if the process dies);
-    the holder's pid, host and start time are written beside it (``.sd4match.lock.owner.json``) so that a second
-    run fails at once with :class:`FolderLockedError` naming them.
+    the holder's pid, host and start time are written beside it so that a second run fails at once with
+    :class:`FolderLockedError` naming them.
     """
-    import datetime as _dt
-    import socket
-
     from filelock import FileLock, Timeout
 
     folder = Path(folder)
@@ -98,13 +92,9 @@ def locked_folder(folder: str | Path, what: str = "run"):
     try:
         lock.acquire()
     except Timeout:
-        owner = ""
-        try:
-            info = json.loads((folder / LOCK_OWNER_NAME).read_text())
-            owner = (f" (pid {info.get('pid')} on host {info.get('host')}, {info.get('what', 'run')} started "
-                     f"{info.get('started')})")
-        except (OSError, ValueError, AttributeError):
-            pass
+        info = read_json(folder / LOCK_OWNER_NAME)
+        owner = (f" (pid {info.get('pid')} on host {info.get('host')}, {info.get('what', 'run')} started "
+                 f"{info.get('started')})") if isinstance(info, dict) else ""
         raise FolderLockedError(f"{folder} is in use by another sd4match run{owner}; wait for it to finish "
                                 f"or choose another output folder") from None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
@@ -134,10 +124,8 @@ def tensor_key(tensor: torch.Tensor) -> str:
 
 
 class TensorCache:
-    """``key → {name: tensor}`` stored as ``<root>/<kind>/<key[:2]>/<key>.safetensors``.
-
-    A corrupt or truncated entry is treated as missing (and overwritten), never as a result.
-    """
+    """``key → {name: tensor}`` stored as ``<root>/<kind>/<key[:2]>/<key>.safetensors``; a corrupt or truncated
+    entry is treated as missing (and overwritten), never as a result."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -146,11 +134,8 @@ class TensorCache:
         return self.root / kind / key[:2] / f"{key}.safetensors"
 
     def get(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
-        p = self.path(kind, key)
-        if not p.is_file():
-            return None
         try:
-            return load_file(p)
+            return load_file(self.path(kind, key))
         except (SafetensorError, OSError, ValueError):
             return None
 

@@ -1,9 +1,8 @@
-"""The ``sd4match`` command line: ``evaluate``, ``extract``, ``train``, ``import-official`` and ``synthetic``.
+"""The ``sd4match`` command line: ``evaluate``, ``extract``, ``train``, ``import-official``, ``bench``,
+``synthetic`` and ``pretrain-mini``.
 
     sd4match evaluate --dataset spair --data-root data/synthetic/SPair-71k --split test --model tiny \
         --prompt text --layer 1 --timestep 50 --ensemble 8 --matcher kernel_softmax --out runs/zs
-    sd4match extract --images a.png b.png --model tiny --prompt empty --layers 0,1,2,3 --timestep 50 \
-        --ensemble 8 --out feats.safetensors
 """
 
 from __future__ import annotations
@@ -31,15 +30,6 @@ def _layers(text: str) -> list[int]:
     return layers
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """``extract``'s model options, declared as ``evaluate``'s (:class:`~sd4match_utils.evaluate.EvalSettings`)."""
-    from .evaluate import EvalSettings
-
-    add_options(p, EvalSettings, only=("model", "precision"))
-    _add_threads_arg(p)
-    add_options(p, EvalSettings, only=("seed", "img_size", "latent", "device", "batch_size"))
-
-
 def _add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads torch uses (torch.set_num_threads; default: torch's choice, one per core)")
@@ -49,14 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import EvalSettings
     from .train import TrainSettings
 
-    parser = argparse.ArgumentParser(prog="sd4match", description="SD4Match: semantic matching with Stable Diffusion features")
+    parser = argparse.ArgumentParser(prog="sd4match",
+                                     description="SD4Match: semantic matching with Stable Diffusion features")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("evaluate", help="predict keypoints on a benchmark split and compute PCK")
     add_options(ev, EvalSettings)  # every setting; then the options of the run itself
     ev.add_argument("--out", required=True, type=Path, help="folder for predictions.csv and metrics.json")
-    ev.add_argument("--resume", action="store_true",
-                    help="continue an interrupted run in --out (finished pairs are kept in OUT/shards)")
+    ev.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (finished pairs are "
+                    "kept in OUT/shards)")
     ev.add_argument("--shard-size", type=int, default=200, help="pairs per saved shard of predictions")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_threads_arg(ev)
@@ -69,16 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--timestep", type=int, default=None, help="default: the model's recommended (SD 2-1: 50)")
     ex.add_argument("--ensemble", type=int, default=8)
     ex.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    ex.add_argument("--compile", action="store_true",
-                    help="torch.compile the VAE encoder and UNet blocks (minutes of compiling on a CPU; see "
-                         "benchmarks/RESULTS.md for when it pays)")
-    _add_model_args(ex)
+    ex.add_argument("--compile", action="store_true", help="torch.compile the VAE encoder and UNet blocks (minutes "
+                    "of compiling on a CPU; see benchmarks/RESULTS.md for when it pays)")
+    add_options(ex, EvalSettings, only=("model", "precision"))  # the model options, declared as evaluate's
+    _add_threads_arg(ex)
+    add_options(ex, EvalSettings, only=("seed", "img_size", "latent", "device", "batch_size"))
 
     tr = sub.add_parser("train", help="learn a Single, Class or CPM prompt (SD frozen)")
     add_options(tr, TrainSettings)  # every setting (--epochs / --max-steps: one of); then the run's own options
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    tr.add_argument("--overwrite", action="store_true",
-                    help="replace a run already in --out (without it, or --resume, such a folder is refused)")
+    tr.add_argument("--overwrite", action="store_true", help="replace a run already in --out (without it, or "
+                    "--resume, such a folder is refused)")
     tr.add_argument("--out", required=True, type=Path)
     tr.add_argument("--quiet", action="store_true")
     _add_threads_arg(tr)
@@ -87,28 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--kind", required=True, choices=["cpm", "caption"])
     im.add_argument("--file", required=True, type=Path, help="the official ckpt.pt or caption.pt")
     im.add_argument("--out", required=True, type=Path, help="folder for prompt.safetensors")
-    im.add_argument("--model", default=None,
-                    help="optional: the SD the prompt belongs to (hub id, diffusers folder or 'tiny'), to check the "
-                         "file against it and record it; without it the width comes from the file, no download")
+    im.add_argument("--model", default=None, help="optional: the SD the prompt belongs to (hub id, diffusers folder "
+                    "or 'tiny'), to check the file against it and record it; without it the width comes from the "
+                    "file, no download")
     im.add_argument("--dino", default="facebook/dinov2-base", help="CPM: DINOv2 it was learned with (id, folder, tiny)")
     im.add_argument("--cpm-features", choices=["patch", "pooled"], default="patch", help="CPM: feature variant")
     im.add_argument("--no-check-model", action="store_true", help="caption: accept BOS/EOS rows of another model")
 
     be = sub.add_parser("bench", help="speed / memory harness on SD 2-1's full-size architecture (random weights; "
                                       "runs benchmarks/bench.py of the repository checkout)")
-    be.add_argument("--quick", action="store_true",
-                    help="what a CPU user runs (~10 min on 2 cores): fp32 eager against the fast path (--precisions, "
-                         "default auto) at 512² and 768², E = 1 and 8, per-image seconds, ratio, peak memory, "
-                         "features' difference from fp32; then the strategies on the fast path at --strategy-size")
+    be.add_argument("--quick", action="store_true", help="what a CPU user runs (~10 min on 2 cores): fp32 eager "
+                    "against the fast path (--precisions, default auto) at 512² and 768², E = 1 and 8, per-image "
+                    "seconds, ratio, peak memory, features' difference from fp32; then the strategies on the fast "
+                    "path at --strategy-size")
     be.add_argument("--model", default="sd21-random", help="sd21-random (default), tiny, a hub id or a folder")
     be.add_argument("--device", default="cpu")
-    be.add_argument("--precisions", default=None,
-                    help="comma list of fp32,bf16,fp16,auto (default bf16; GPU: bf16,fp16); with --quick: the fast "
-                         "path's one precision (default auto)")
+    be.add_argument("--precisions", default=None, help="comma list of fp32,bf16,fp16,auto (default bf16; GPU: "
+                    "bf16,fp16); with --quick: the fast path's one precision (default auto)")
     be.add_argument("--sizes", default=None, help="comma list of image sizes (default 768,512; --quick: 512,768)")
-    be.add_argument("--strategy-size", type=int, default=None,
-                    help="--quick: image size of the dift / original / ours / ours-cached comparison on the fast path "
-                         "(default: the smallest of --sizes; 0 skips it)")
+    be.add_argument("--strategy-size", type=int, default=None, help="--quick: image size of the dift / original / "
+                    "ours / ours-cached comparison on the fast path (default: the smallest of --sizes; 0 skips it)")
     be.add_argument("--compile", action="store_true", help="torch.compile the fast path (inductor)")
     be.add_argument("--no-channels-last", action="store_true", help="keep the fast path's VAE in the default layout")
     _add_threads_arg(be)
@@ -122,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn = sub.add_parser("synthetic", help="write the embedded synthetic dataset in all three benchmark layouts")
     syn.add_argument("--out", required=True, type=Path, help="folder; gets SPair-71k/, PF-Pascal/, PF-Willow/")
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--test-pairs", type=int, default=None,
-                     help="pairs in each layout's test split (default 36; PF-Willow: rounded up per sub-class)")
+    syn.add_argument("--test-pairs", type=int, default=None, help="pairs in each layout's test split (default 36; "
+                     "PF-Willow: rounded up per sub-class)")
 
     pm = sub.add_parser("pretrain-mini", help="pre-train the embedded model 'mini' from scratch on synthetic images")
     pm.add_argument("--out", required=True, type=Path, help="run folder; the model is written to OUT/model")
@@ -135,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     pm.add_argument("--pool-size", type=int, default=4000, help="synthetic training images rendered")
     pm.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    pm.add_argument("--ship", action="store_true",
-                    help="afterwards copy OUT/model into the package (fp16) as the model behind --model mini")
+    pm.add_argument("--ship", action="store_true", help="afterwards copy OUT/model into the package (fp16) as the "
+                    "model behind --model mini")
     pm.add_argument("--quiet", action="store_true")
     return parser
 
@@ -144,30 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_pretrain_mini(args) -> int:
     import shlex
 
-    import torch
-
     mini = load_tool("tools/pretrain_mini.py", "pretrain-mini")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
         raise ValueError("--steps / --minutes must be positive")
     command = "sd4match " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    training = mini.pretrain_mini(args.out, steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device,
-                             resume=args.resume, progress=not args.quiet, pool_size=args.pool_size,
-                             command=command)
+    metrics = mini.pretrain_mini(args.out, steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device,
+                                 resume=args.resume, progress=not args.quiet, pool_size=args.pool_size,
+                                 command=command)["metrics"]
     if args.ship:
         print(f"shipped to {mini.ship(args.out / 'model')}")
-    print(json.dumps({"model": str(args.out / "model"), **{k: v for k, v in training["metrics"].items()
-                                                          if k != "selection"},
-                      "selection": {k: training["metrics"]["selection"][k] for k in ("layer", "timestep", "pck")}}))
+    print(json.dumps({"model": str(args.out / "model"), **{k: v for k, v in metrics.items() if k != "selection"},
+                      "selection": {k: metrics["selection"][k] for k in ("layer", "timestep", "pck")}}))
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from .evaluate import EvalSettings, headline, run_evaluation
 
-    settings = from_args(EvalSettings, args)
-    metrics = run_evaluation(settings, args.out, progress=not args.quiet, resume=args.resume,
+    metrics = run_evaluation(from_args(EvalSettings, args), args.out, progress=not args.quiet, resume=args.resume,
                              shard_size=args.shard_size)
     print(headline(metrics).round(2).to_string())
     print(f"wrote {args.out / 'predictions.csv'} and {args.out / 'metrics.json'}")
@@ -178,11 +162,11 @@ def cmd_extract(args) -> int:
     import torch
 
     from .cache import atomic_save_tensors
-    from .data.images import load_rgb
+    from .checks import check_device, check_img_size, check_positive, check_writable_file
     from .conditioning import check_prompt_spec, make_conditioning
+    from .data.images import load_rgb
     from .evaluate import provenance
     from .features import FeatureExtractor
-    from .checks import check_device, check_img_size, check_positive, check_writable_file
     from .models import load_sd
 
     # cheap checks first, before the model loads
@@ -216,13 +200,15 @@ def cmd_extract(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import os
+
     from .train import TrainSettings, train
 
     settings = from_args(TrainSettings, args)
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run in --out, or replace it")
     summary = train(settings, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
-    if summary.get("processes", 1) == 1 or _is_main_process():
+    if summary.get("processes", 1) == 1 or os.environ.get("RANK", "0") == "0":  # the main process reports
         print(f"steps {summary['steps']}/{summary['total_steps']} (global batch {summary['global_batch']}); "
               f"val nn-PCK@0.1 before {summary['val_pck_before']:.2f}, best {summary['best_val_pck']:.2f} "
               f"at step {summary['best_step']}; prompt: {args.out / 'prompt_best.safetensors'}")
@@ -233,23 +219,14 @@ def cmd_import_official(args) -> int:
     from .conditioning import import_official
     from .models import load_sd
 
-    sd = load_sd(args.model) if args.model else None
-    path = import_official(args.kind, args.file, args.out, sd, dino=args.dino, features=args.cpm_features,
-                           check_model=not args.no_check_model)
-    model = args.model or "unknown: not checked (no --model)"
-    print(f"wrote {path} ({args.kind} from {args.file}, model {model})")
+    path = import_official(args.kind, args.file, args.out, load_sd(args.model) if args.model else None,
+                           dino=args.dino, features=args.cpm_features, check_model=not args.no_check_model)
+    print(f"wrote {path} ({args.kind} from {args.file}, model {args.model or 'unknown: not checked (no --model)'})")
     return 0
 
 
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def load_tool(relpath: str, command: str):
-    """A script of the repository checkout (not in the package) as a module: ``benchmarks/bench.py`` (the speed
-    harness behind ``sd4match bench``) or ``tools/pretrain_mini.py`` (``sd4match pretrain-mini``).
+    """A script of the repository checkout (not in the package) as a module, e.g. ``benchmarks/bench.py``.
 
     Raises:
         FileNotFoundError: the file is not there (an install without the checkout); names the command and file.
@@ -262,8 +239,7 @@ def load_tool(relpath: str, command: str):
     name = "sd4match_" + path.stem
     if name not in sys.modules:  # one module object per process (dataclasses and pickles look it up by name)
         spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     return sys.modules[name]
 
@@ -317,13 +293,10 @@ def cmd_synthetic(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "threads", None) is not None:
-            set_threads(args.threads)
+        set_threads(getattr(args, "threads", None))
         if getattr(args, "precision", None) == "auto":  # recorded as what it resolved to
             args.precision = resolve_precision(args.precision, args.device, args.model)
-        return {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train, "import-official": cmd_import_official,
-                "bench": cmd_bench, "synthetic": cmd_synthetic,
-                "pretrain-mini": cmd_pretrain_mini}[args.command](args)
+        return globals()["cmd_" + args.command.replace("-", "_")](args)
     except (DatasetFormatError, ModelNotAvailableError, ValueError, FileNotFoundError, FolderLockedError) as e:
         print(f"sd4match {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,23 +1,16 @@
 """DINOv2 patch features, the image input of the conditional prompting module (SPEC §4).
 
-``DinoFeatures("facebook/dinov2-base")`` (a hub id or a local folder; the same offline rules as Stable Diffusion:
-cached → loaded, ``HF_HUB_OFFLINE`` or no Hub → an immediate :class:`~sd4match_utils.models.ModelNotAvailableError`
-that says what to download) or ``DinoFeatures("tiny")`` (a tiny random DINOv2 built from a config, no download).
-
-Pre-processing is the model's standard one, written with PIL and torch: RGB → resize the *short* side to 256
-(bicubic, the long side to ``int(256 · long / short)``) → centre crop 224 (offsets ``(size − 224) // 2``, as the
-Hugging Face processor of ``facebook/dinov2-base`` does) → [0, 1] → ImageNet mean / std. The ViT-B/14 then sees
-16 × 16 = 256 patches; the CLS token (and any register tokens) are dropped, leaving ``(256, 768)`` per image
-(``(256, C)`` for other widths). Features are those of the final layer norm (``last_hidden_state``).
-
-Features are computed without gradients on the original image (mirrored already when a PF-Pascal row is flipped).
-An optional on-disk cache is keyed by the image *content* and the model fingerprint, so it works for any image,
-not only the images of a known dataset.
+``DinoFeatures("facebook/dinov2-base")`` (a hub id or a local folder, with the same offline rules as Stable
+Diffusion) or ``DinoFeatures("tiny")`` (a tiny random DINOv2, no download). Pre-processing is the Hugging Face
+processor's: RGB → short side to 256 (bicubic) → centre crop 224 (floor offsets) → ImageNet mean / std. The
+final layer norm's patch tokens are kept (CLS and register tokens dropped): ``(256, C)`` per image, C = 768 for
+ViT-B/14. An optional disk cache is keyed by image content and model fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +20,9 @@ import torch
 from PIL import Image
 
 from .cache import TensorCache
-from .models import (FOLDER_FINGERPRINT_OF, ModelNotAvailableError, fingerprint_folder, fingerprint_modules, hub_snapshot,
-                     quiet_loading)
+from .features import image_key
+from .models import (FOLDER_FINGERPRINT_OF, MINI_DIR, ModelNotAvailableError, download_hint, fingerprint_folder,
+                     fingerprint_modules, hub_snapshot, local_folder, quiet_loading)
 
 #: The DINOv2 the paper uses (ViT-B/14, 768-d).
 DEFAULT_DINO_ID = "facebook/dinov2-base"
@@ -46,9 +40,8 @@ TINY_DINO_CONFIG = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads
 FEATURE_VERSION = "1"
 
 
-# ------------------------------------------------------------------------------------------------ pre-processing
 def resized_size(width: int, height: int, short: int = RESIZE) -> tuple[int, int]:
-    """``(W', H')`` after resizing the short side to ``short`` (the long side to ``int(short · long / short_side)``)."""
+    """``(W', H')``: the short side resized to ``short``, the long one to ``int(short · long / short_side)``."""
     if width <= height:
         return short, int(short * height / width)
     return int(short * width / height), short
@@ -72,10 +65,8 @@ def preprocess(image: Image.Image, resize: int = RESIZE, crop: int = CROP) -> to
     return (x - mean) / std
 
 
-# ------------------------------------------------------------------------------------------------------ models
 def build_tiny_dino(seed: int = 0):
-    """A ``transformers.Dinov2Model`` of :data:`TINY_DINO_CONFIG` with weights drawn from ``seed`` (global RNG
-    untouched)."""
+    """A ``Dinov2Model`` of :data:`TINY_DINO_CONFIG`, weights drawn from ``seed`` (global RNG untouched)."""
     from transformers import Dinov2Config, Dinov2Model
 
     with torch.random.fork_rng(devices=[]):
@@ -84,35 +75,20 @@ def build_tiny_dino(seed: int = 0):
     return model.eval().requires_grad_(False)
 
 
-def _dino_hint(model_id: str) -> str:
-    return (f"Download it on a machine with internet access, e.g.\n"
-            f"    huggingface-cli download {model_id} --local-dir ./weights/dinov2-base\n"
-            f"then copy that folder here and pass its path (--dino ./weights/dinov2-base), or copy the Hugging Face "
-            f"cache into $HF_HOME. The embedded tiny DINOv2 needs no download: --dino tiny.")
-
-
 def resolve_dino_folder(model: str) -> tuple[Path, str]:
-    """A hub id or folder → ``(local folder holding config.json and weights, source)``.
-
-    Raises:
-        ModelNotAvailableError: the folder is not a DINOv2 folder, or the id is not cached and cannot be downloaded.
-    """
+    """A hub id or folder → ``(local folder holding config.json and weights, source)``."""
     if model == "mini":
-        from .models import MINI_DIR
-
-        model = str(MINI_DIR / "dino")
         if not (MINI_DIR / "dino").is_dir():
-            raise ModelNotAvailableError(f"{model}: the embedded model 'mini' is missing from this installation")
-        return Path(model), "embedded"
-    path = Path(model).expanduser()
-    if path.exists() or model.startswith((".", "/", "~")):
-        if not path.is_dir():
-            raise ModelNotAvailableError(f"{path}: DINOv2 folder does not exist")
-        if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-            raise ModelNotAvailableError(f"{path}: not a DINOv2 folder (needs config.json and model weights)")
-        return path, "folder"
-    patterns = ["config.json", "*.safetensors"]
-    return hub_snapshot(model, patterns, "DINOv2 weights", _dino_hint(model)), "hub"
+            raise ModelNotAvailableError(f"{MINI_DIR / 'dino'}: the embedded model 'mini' is missing from this "
+                                         "installation")
+        return MINI_DIR / "dino", "embedded"
+    path = local_folder(model, "DINOv2")
+    if path is None:
+        hint = download_hint(model, "dinov2-base", "--dino", "tiny DINOv2")
+        return hub_snapshot(model, ["config.json", "*.safetensors"], "DINOv2 weights", hint), "hub"
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelNotAvailableError(f"{path}: not a DINOv2 folder (needs config.json and model weights)")
+    return path, "folder"
 
 
 def load_dino_model(model: str = DEFAULT_DINO_ID, seed: int = 0):
@@ -136,35 +112,23 @@ def load_dino_model(model: str = DEFAULT_DINO_ID, seed: int = 0):
                                               "fingerprint_of": FOLDER_FINGERPRINT_OF}
 
 
-def dino_probe(net, n: int = 8) -> list[float]:
-    """A few weights of the patch embedding, stored with CPM prompts to recognise the DINOv2 they were learned with."""
-    w = net.embeddings.patch_embeddings.projection.weight
-    return [float(v) for v in w.flatten()[:n].float().cpu()]
-
-
 def dino_dim(model: str) -> int:
-    """Feature width of a DINOv2 spec without loading weights when it is known (``tiny`` or a public id); else
-    read from the folder's ``config.json`` (which needs the folder / cache)."""
+    """Feature width of a DINOv2 spec, without loading weights when it is known (``tiny`` or a public id); else
+    from the folder's ``config.json``."""
     if model == "tiny":
         return int(TINY_DINO_CONFIG["hidden_size"])
     if model in KNOWN_DINO_DIMS:
         return KNOWN_DINO_DIMS[model]
-    import json
-
-    folder, _ = resolve_dino_folder(model)
-    return int(json.loads((folder / "config.json").read_text())["hidden_size"])
+    return int(json.loads((resolve_dino_folder(model)[0] / "config.json").read_text())["hidden_size"])
 
 
-# --------------------------------------------------------------------------------------------------- features
 class DinoFeatures:
     """Frozen DINOv2 patch features of PIL images.
 
     Args:
         model: ``"tiny"``, a hub id (default ``facebook/dinov2-base``) or a local folder.
-        device: where the ViT runs and the features are returned.
         seed: weight seed of the tiny model (ignored otherwise).
-        cache_dir: optional on-disk cache (``<dir>/dino/<key>.safetensors``, key = image content + model
-            fingerprint + pre-processing version), written atomically.
+        cache_dir: optional on-disk cache (``<dir>/dino/<key>.safetensors``), written atomically.
         batch_size: images per ViT call.
         memory_cache: how many images' features to keep in memory (LRU, CPU); 0 disables.
 
@@ -190,14 +154,13 @@ class DinoFeatures:
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def describe(self) -> dict:
-        """What a prompt file records about its DINOv2 (enough to rebuild it: spec, seed, width, probe)."""
-        return {**self.identity, "spec": self.spec, "dim": self.dim, "n_patches": self.n_patches,
-                "probe": dino_probe(self.net)}
+        """What a prompt file records about its DINOv2: spec, seed, width and a few patch-embedding weights (to
+        recognise the DINOv2 a prompt was learned with)."""
+        probe = [float(v) for v in self.net.embeddings.patch_embeddings.projection.weight.flatten()[:8].float().cpu()]
+        return {**self.identity, "spec": self.spec, "dim": self.dim, "n_patches": self.n_patches, "probe": probe}
 
     def key(self, image: Image.Image) -> str:
         """Cache key of an image's features: its content, the model fingerprint, the pre-processing version."""
-        from .features import image_key
-
         parts = [FEATURE_VERSION, self.identity["fingerprint"], RESIZE, CROP, image_key(image)]
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
@@ -212,8 +175,8 @@ class DinoFeatures:
         return torch.cat(out) if out else torch.zeros(0, self.n_patches, self.dim, device=self.device)
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Patch features of ``images``: ``(B, n_patches, C)`` float32 on :attr:`device`, without gradients.
-        Uses the memory and disk caches."""
+        """Patch features of ``images``: ``(B, n_patches, C)`` float32 on :attr:`device`, without gradients, through
+        the memory and disk caches."""
         keys = [self.key(im) for im in images]
         found: dict[str, torch.Tensor] = {}
         for k in keys:

@@ -1,4 +1,4 @@
-"""Zero-shot (and, later, learned-prompt) evaluation: dataset pairs → features → matchers → predictions → PCK.
+"""Zero-shot (and learned-prompt) evaluation: dataset pairs → features → matchers → predictions → PCK.
 
 :func:`predict` yields one row per keypoint (the ``predictions.csv`` schema); :func:`run_evaluation` writes
 ``predictions.csv`` and ``metrics.json`` whose numbers are computed from exactly that table.
@@ -12,7 +12,7 @@ import numbers
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, locked_folder, tensor_key
+from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, locked_folder, read_json, tensor_key
 from .checks import (check_device, check_has_pairs, check_img_size, check_limit, check_positive,
                      check_writable_folder)
 from .conditioning import check_prompt_spec, make_conditioning
-from .data import DATASETS
+from .data import DATASETS, DEFAULT_IMG_SIZE, load_dataset
 from .features import FeatureExtractor, NonFiniteFeaturesError, image_key
 from .matching import MATCHERS, match_all
 from .metrics import ALPHAS, bootstrap_ci, pck_records
@@ -39,17 +39,17 @@ PREDICTION_COLUMNS = [
 ]
 #: The paper's test-time settings (SPEC §2, §6).
 PAPER_TEST_SETTINGS = dict(layer=1, timestep=50, ensemble=8, matcher="kernel_softmax")
+#: Files of a finished evaluation (removed when a new, not resumed, run starts in the folder).
+RESULT_FILES = ("predictions.csv", "metrics.json")
 
 
 def apply_recommended(settings, recommended: dict, timestep_key: str = "timestep"):
     """``settings`` (a settings dataclass or a dict) with its unset (None) ``layer`` / ``timestep`` /
     ``val_timestep`` filled from a model's recommended read-out (``SDModel.recommended``; SD 2-1: up-block 1,
     t = 50 at test and 261 in training), so that result files record the values actually used."""
-    from dataclasses import replace
-
     wanted = {"layer": "layer", "timestep": timestep_key, "val_timestep": "timestep"}
-    get = settings.get if isinstance(settings, dict) else lambda k, d=None: getattr(settings, k, d)
-    fill = {k: recommended[r] for k, r in wanted.items() if get(k, 0) is None}
+    values = settings if isinstance(settings, dict) else vars(settings)
+    fill = {k: recommended[r] for k, r in wanted.items() if values.get(k, 0) is None}
     if isinstance(settings, dict):
         return {**settings, **fill}
     return replace(settings, **fill) if fill else settings
@@ -57,10 +57,8 @@ def apply_recommended(settings, recommended: dict, timestep_key: str = "timestep
 
 @dataclass
 class EvalSettings:
-    """Everything that determines an evaluation run (written into ``metrics.json``).
-
-    Each field declares its ``sd4match evaluate`` option and whether it changes the predictions (``result``, see
-    :mod:`~sd4match_utils.settings`); those that do make up a resumed run's settings check."""
+    """Everything that determines an evaluation run (written into ``metrics.json``); each field declares its
+    ``sd4match evaluate`` option and whether it changes the predictions (see :mod:`~sd4match_utils.settings`)."""
 
     dataset: str = option(choices=DATASETS)
     data_root: str = option(type=Path)
@@ -99,7 +97,10 @@ class EvalSettings:
 
 def parse_matchers(spec: str | list[str]) -> list[str]:
     """``"all"`` → every matcher; ``"nn,softmax"`` → that list (validated)."""
-    names = list(MATCHERS) if spec == "all" or spec == ["all"] else (spec.split(",") if isinstance(spec, str) else list(spec))
+    if spec == "all" or spec == ["all"]:
+        names = list(MATCHERS)
+    else:
+        names = spec.split(",") if isinstance(spec, str) else list(spec)
     bad = [m for m in names if m not in MATCHERS]
     if bad:
         raise ValueError(f"unknown matcher(s) {bad}; expected 'all' or some of {list(MATCHERS)}")
@@ -108,23 +109,21 @@ def parse_matchers(spec: str | list[str]) -> list[str]:
 
 def _pair_rows(sample, preds: dict[str, torch.Tensor], layer: int | None = None) -> list[dict]:
     w, h = sample.trg_image.size
-    extra = {} if layer is None else {"layer": layer}
     s = sample.img_size
-    rows = []
     names = sample.kp_names or [None] * sample.n_kps
+    extra = {f: int(v) for f, v in sample.flags.items()} | ({} if layer is None else {"layer": layer})
+    rows = []
     for m, p in preds.items():
         p = p.detach().cpu().double().numpy()
-        for k in range(sample.n_kps):
-            rows.append({
-                "pair_id": sample.pair_id, "category": sample.category, "kp_index": k, "kp_name": names[k],
-                "src_name": sample.src_name, "trg_name": sample.trg_name,
-                "src_x": sample.src_kps_r[k, 0], "src_y": sample.src_kps_r[k, 1],
-                "gt_x": sample.trg_kps_r[k, 0], "gt_y": sample.trg_kps_r[k, 1], "thr": sample.thr,
-                "pred_x": p[k, 0], "pred_y": p[k, 1], "matcher": m,
-                "gt_x_orig": sample.trg_kps[k, 0], "gt_y_orig": sample.trg_kps[k, 1],
-                "pred_x_orig": p[k, 0] * w / s, "pred_y_orig": p[k, 1] * h / s, "thr_orig": sample.thr_orig,
-                **{f: int(v) for f, v in sample.flags.items()}, **extra,
-            })
+        rows += [{
+            "pair_id": sample.pair_id, "category": sample.category, "kp_index": k, "kp_name": names[k],
+            "src_name": sample.src_name, "trg_name": sample.trg_name,
+            "src_x": sample.src_kps_r[k, 0], "src_y": sample.src_kps_r[k, 1],
+            "gt_x": sample.trg_kps_r[k, 0], "gt_y": sample.trg_kps_r[k, 1], "thr": sample.thr,
+            "pred_x": p[k, 0], "pred_y": p[k, 1], "matcher": m,
+            "gt_x_orig": sample.trg_kps[k, 0], "gt_y_orig": sample.trg_kps[k, 1],
+            "pred_x_orig": p[k, 0] * w / s, "pred_y_orig": p[k, 1] * h / s, "thr_orig": sample.thr_orig, **extra,
+        } for k in range(sample.n_kps)]
     return rows
 
 
@@ -141,37 +140,24 @@ def _image_name(ident) -> str:
     return f"with content key {ident}"
 
 
-def predict(
-    dataset,
-    extractor: FeatureExtractor,
-    conditioning,
-    matchers: list[str],
-    layer: int | Sequence[int] = 1,
-    limit: int | None = None,
-    progress: bool = True,
-    indices=None,
-    chunk: int = 8,
-    on_rows=None,
-    on_skip=None,
-) -> pd.DataFrame:
-    """Predict every keypoint of the chosen pairs with each matcher.
+def predict(dataset, extractor: FeatureExtractor, conditioning, matchers: list[str],
+            layer: int | Sequence[int] = 1, limit: int | None = None, progress: bool = True, indices=None,
+            chunk: int = 8, on_rows=None, on_skip=None) -> pd.DataFrame:
+    """Predict every keypoint of the chosen pairs with each matcher; returns the predictions table
+    (:data:`PREDICTION_COLUMNS` plus flag columns), coordinates in ``img_size`` space.
 
     When the conditioning does not depend on the pair, each unique image (under each conditioning) is extracted
-    **once**: the pair list is known in advance, so an image's features are kept exactly until the last pair
-    that uses it (memory is bounded by the images shared by pairs still to come, not by the split). The missing
-    images of ``chunk`` consecutive pairs are extracted together, in batched UNet calls.
+    once and its features are kept exactly until the last pair that uses it. The missing images of ``chunk``
+    consecutive pairs are extracted together, in batched UNet calls.
 
     Args:
         conditioning: the conditioning of one pair (:func:`~sd4match_utils.conditioning.make_conditioning`).
         layer: the up-block matched, or several (all read from one UNet pass per image; the extractor must
             return them): then every row has a ``layer`` column.
         indices: pair indices to process (default: the first ``limit`` pairs).
-        on_rows: optional callback ``on_rows(pair_index, rows)`` after each pair (used to write shards).
+        on_rows: optional callback ``on_rows(pair_index, rows)`` after each pair.
         on_skip: optional callback ``on_skip(pair_index, sample, reason)`` for each pair without any usable
             keypoint (``sample.n_kps == 0``): such pairs have no rows and no features are extracted for them.
-
-    Returns:
-        The predictions table (:data:`PREDICTION_COLUMNS` plus flag columns), coordinates in ``img_size`` space.
     """
     if dataset.img_size != extractor.img_size:
         raise ValueError(f"dataset img_size {dataset.img_size} != extractor img_size {extractor.img_size}")
@@ -183,29 +169,25 @@ def predict(
         indices = range(len(dataset) if limit is None else min(limit, len(dataset)))
     indices = list(indices)
     entries = getattr(dataset, "entries", None)
-    last_use: dict = {}
+    last_use = {}
     if entries is not None:
-        for pos, i in enumerate(indices):
-            for ident in _image_ids(entries[i]):
-                last_use[ident] = pos
+        last_use = {ident: pos for pos, i in enumerate(indices) for ident in _image_ids(entries[i])}
     live: dict = {}  # (image identity, conditioning key) → {layer: (C, h, w) features}
     rows: list[dict] = []
     bar = tqdm(total=len(indices), desc=f"{dataset.name}/{dataset.split}", disable=not progress, unit="pair")
     for c0 in range(0, len(indices), chunk):
         loaded = [(pos, indices[pos], dataset[indices[pos]]) for pos in range(c0, min(c0 + chunk, len(indices)))]
         block = [b for b in loaded if b[2].n_kps > 0]
-        skipped = [b for b in loaded if b[2].n_kps == 0]
-        conds = [conditioning(sample) for _, _, sample in block]
         # the images of this chunk not yet extracted, grouped by conditioning
         todo: dict[str, tuple[torch.Tensor, dict]] = {}
         pair_keys = []
-        for (pos, i, sample), cond in zip(block, conds):
+        for pos, i, sample in block:
+            cond = conditioning(sample)
             ckey = tensor_key(cond) if not conditioning.pair_dependent else f"pair:{i}"
             ids = _image_ids(entries[i]) if entries is not None else (image_key(sample.src_image),
                                                                        image_key(sample.trg_image))
-            keys = [(ident, ckey) for ident in ids]
-            pair_keys.append(keys)
-            for key, img in zip(keys, (sample.src_image, sample.trg_image)):
+            pair_keys.append([(ident, ckey) for ident in ids])
+            for key, img in zip(pair_keys[-1], (sample.src_image, sample.trg_image)):
                 if key not in live:
                     todo.setdefault(ckey, (cond, {}))[1].setdefault(key, img)
         for cond, images in todo.values():
@@ -229,19 +211,15 @@ def predict(
                 if conditioning.pair_dependent or last_use.get(key[0], -1) <= pos:
                     live.pop(key, None)
             bar.update(1)
-        for pos, i, sample in skipped:
-            reason = getattr(sample, "skip_reason", None) or "no keypoint visible in both images"
+        for pos, i, sample in (b for b in loaded if b[2].n_kps == 0):
             if on_skip is not None:
-                on_skip(i, sample, reason)
+                on_skip(i, sample, getattr(sample, "skip_reason", None) or "no keypoint visible in both images")
             ids = set(_image_ids(entries[i])) if entries is not None else set()
             for key in [k for k in live if k[0] in ids and last_use.get(k[0], -1) <= pos]:
                 live.pop(key)  # features whose last user was this skipped pair
             bar.update(1)
     bar.close()
-    df = pd.DataFrame(rows)
-    if df.empty:
-        df = pd.DataFrame(columns=PREDICTION_COLUMNS)
-    return df
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
 
 def summarize(df: pd.DataFrame, img_size: int, alphas=ALPHAS) -> dict:
@@ -258,32 +236,23 @@ def summarize(df: pd.DataFrame, img_size: int, alphas=ALPHAS) -> dict:
     return {"results": records, "bootstrap": intervals}
 
 
-#: Files of a finished evaluation (removed when a new, not resumed, run starts in the folder).
-RESULT_FILES = ("predictions.csv", "metrics.json")
-
-
 class _ShardWriter:
-    """Collects rows (and skipped pairs) per pair and writes every ``size`` finished pairs as one shard.
-
-    A shard is two files written atomically one after the other: ``pairs-A-B.csv`` (the rows, with ``pair_index``)
-    and then ``pairs-A-B.json`` (the run's settings fingerprint, the pair indices covered, the skipped pairs and the
-    CSV's SHA-256). Only a shard whose JSON matches the run's fingerprint and its CSV's bytes counts as finished."""
+    """Collects rows (and skipped pairs) per pair and writes every ``size`` finished pairs as one shard: the rows
+    (``pairs-A-B.csv``, with ``pair_index``), then its record (``pairs-A-B.json``: settings fingerprint, pair
+    indices, skipped pairs and the CSV's SHA-256), each written atomically."""
 
     def __init__(self, folder: Path, size: int, fingerprint: str):
         self.folder, self.size, self.fingerprint = folder, size, fingerprint
         self.pending: list[tuple[int, list[dict], dict | None]] = []
 
-    def __call__(self, index: int, rows: list[dict]) -> None:
-        self._add(index, rows, None)
-
-    def skip(self, index: int, sample, reason: str) -> None:
-        self._add(index, [], {"pair_index": index, "pair_id": sample.pair_id, "category": sample.category,
-                              "reason": reason})
-
-    def _add(self, index, rows, skipped) -> None:
+    def __call__(self, index: int, rows: list[dict], skipped: dict | None = None) -> None:
         self.pending.append((index, rows, skipped))
         if len(self.pending) >= self.size:
             self.flush()
+
+    def skip(self, index: int, sample, reason: str) -> None:
+        self(index, [], {"pair_index": index, "pair_id": sample.pair_id, "category": sample.category,
+                         "reason": reason})
 
     def flush(self) -> None:
         if not self.pending:
@@ -303,10 +272,8 @@ class _ShardWriter:
 
 
 def _finished_shards(folder: Path, fingerprint: str) -> tuple[set[int], list[tuple[Path, dict]]]:
-    """Pair indices covered by the finished shards in ``folder`` and those shards ``(csv path, record)``.
-
-    A shard counts only when its JSON record is readable, carries ``fingerprint`` and the SHA-256 of its CSV's
-    bytes as they are now: a 0-byte, truncated, unreadable or foreign shard (other settings) is never finished."""
+    """Pair indices covered by the finished shards in ``folder`` and those shards ``(csv path, record)``: only a
+    readable record with ``fingerprint`` and the SHA-256 of its CSV's bytes as they are now counts."""
     done: set[int] = set()
     good: list[tuple[Path, dict]] = []
     for record_path in sorted(folder.glob("pairs-*.json")):
@@ -327,12 +294,21 @@ def _finished_shards(folder: Path, fingerprint: str) -> tuple[set[int], list[tup
     return done, good
 
 
-def _remove_unfinished_shards(folder: Path, keep: list[tuple[Path, dict]]) -> None:
-    """Delete shard files that are not part of a finished shard (and leftovers of interrupted atomic writes)."""
-    kept = {p.name for c, _ in keep for p in (c, c.with_suffix(".json"))}
-    for p in list(folder.glob("pairs-*")) + list(folder.glob(".pairs-*.tmp")):
+def _open_shards(shards: Path, manifest: dict, resume: bool) -> tuple[str, set[int]]:
+    """Check (on resume) and write ``shards/manifest.json``, remove unfinished shards and leftovers of interrupted
+    writes; returns the settings fingerprint and the pair indices already done."""
+    if resume and shards.exists() and (saved := read_json(shards / "manifest.json")) != manifest:
+        raise ValueError(f"{shards}: cannot resume, these shards were made with other settings "
+                         f"(saved {saved}, now {manifest}); run without --resume to start again")
+    shards.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(shards / "manifest.json", manifest)
+    fingerprint = settings_fingerprint(manifest)
+    done, finished = _finished_shards(shards, fingerprint)
+    kept = {p.name for c, _ in finished for p in (c, c.with_suffix(".json"))}
+    for p in list(shards.glob("pairs-*")) + list(shards.glob(".pairs-*.tmp")):
         if p.name not in kept and p.is_file():
             p.unlink(missing_ok=True)
+    return fingerprint, done
 
 
 def settings_fingerprint(manifest: dict) -> str:
@@ -342,26 +318,14 @@ def settings_fingerprint(manifest: dict) -> str:
 
 def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progress: bool = True,
                    resume: bool = False, shard_size: int = 200) -> dict:
-    """Evaluate and write ``out_dir/predictions.csv`` and ``out_dir/metrics.json`` (atomically).
+    """Evaluate and write ``out_dir/predictions.csv`` and ``out_dir/metrics.json`` (atomically); returns the latter.
 
-    Cheap checks come first, before the model loads (settings, the output folder can be written, the split has
-    pairs, the prompt file is one). The folder is then locked for the duration of the run (a second run on it
-    fails at once with :class:`~sd4match_utils.cache.FolderLockedError`). A run that is not a resume removes the
-    previous run's ``predictions.csv`` / ``metrics.json`` and shards before it starts.
-
-    Work is saved as it goes: every ``shard_size`` finished pairs are written to ``out_dir/shards/`` (atomically,
-    each shard stamped with the settings fingerprint and its checksum). With ``resume=True`` an interrupted run
-    skips the pairs its finished shards already hold (the settings must match, checked against
-    ``shards/manifest.json``); a shard from other settings, empty or damaged is recomputed. An image's features do
-    not depend on the other images extracted with it, so the resumed ``predictions.csv`` is byte-identical to an
-    uninterrupted run's (same machine and thread count). Pairs without any usable keypoint are listed in
-    ``metrics.json`` under ``skipped`` (pair index, id, category, reason) with a one-line warning on stderr.
-
-    Returns:
-        The ``metrics.json`` content.
+    Cheap checks come first, before the model loads; the folder is then locked (a second run fails at once with
+    :class:`~sd4match_utils.cache.FolderLockedError`) and, unless resuming, the previous results and shards go.
+    Every ``shard_size`` pairs are saved to ``out_dir/shards/``; ``resume=True`` skips the pairs of finished shards
+    of the same settings, and ``predictions.csv`` ends byte-identical to an uninterrupted run's (same machine and
+    thread count). Pairs without any usable keypoint are listed under ``skipped``, with a warning on stderr.
     """
-    from .data import DEFAULT_IMG_SIZE, load_dataset
-
     out_dir = Path(out_dir)
     settings.check()
     check_positive("shard_size", shard_size)
@@ -371,94 +335,66 @@ def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progres
     index = load_dataset(settings.dataset, settings.data_root, settings.split,
                          img_size=settings.img_size or DEFAULT_IMG_SIZE)
     n = check_has_pairs(index, settings.limit)
+    shards = out_dir / "shards"
     with locked_folder(out_dir, "evaluate"):
         if not resume:
             for name in RESULT_FILES:
                 (out_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "shards", ignore_errors=True)
-        return _run_locked(settings, out_dir, sd, progress, resume, shard_size, matchers, index, n)
+            shutil.rmtree(shards, ignore_errors=True)
+        if sd is None:
+            from .models import load_sd
 
+            sd = load_sd(settings.model, device=settings.device, precision=settings.precision)
+        if settings.precision == "auto":  # record what it resolved to (the model's own precision)
+            settings = replace(settings, precision=sd.identity.get("precision") or "auto")
+        settings = apply_recommended(settings, sd.recommended)
+        img_size = settings.img_size or sd.native_img_size
+        dataset = index if index.img_size == img_size else load_dataset(settings.dataset, settings.data_root,
+                                                                          settings.split, img_size=img_size)
+        extractor = FeatureExtractor(
+            sd, layers=(settings.layer,), timestep=settings.timestep, ensemble=settings.ensemble,
+            latent=settings.latent, img_size=img_size, seed=settings.seed, batch_size=settings.batch_size,
+            cache_dir=settings.cache_dir)
+        conditioning = make_conditioning(sd, settings.prompt, dino=settings.dino, dino_cache=settings.dino_cache)
 
-def _run_locked(settings, out_dir, sd, progress, resume, shard_size, matchers, index, n) -> dict:
-    from .data import load_dataset
-    from .models import load_sd
+        # only the settings that change the predictions: a run may be resumed with other cache folders, shard size
+        manifest = {"settings": result_fields(settings), "matchers": matchers, "img_size": img_size,
+                    "model": sd.identity.get("fingerprint"), "n_pairs": n}
+        fingerprint, done = _open_shards(shards, json.loads(json.dumps(manifest, default=str)), resume)
+        todo = [i for i in range(n) if i not in done]
+        writer = _ShardWriter(shards, shard_size, fingerprint)
+        predict(dataset, extractor, conditioning, matchers, settings.layer, progress=progress, indices=todo,
+                on_rows=writer, on_skip=writer.skip)
+        writer.flush()
 
-    if sd is None:
-        sd = load_sd(settings.model, device=settings.device, precision=settings.precision)
-    if settings.precision == "auto":  # record what it resolved to (the model's own precision)
-        from dataclasses import replace
-
-        settings = replace(settings, precision=sd.identity.get("precision") or "auto")
-    settings = apply_recommended(settings, sd.recommended)
-    img_size = settings.img_size or sd.native_img_size
-    dataset = index if index.img_size == img_size else load_dataset(settings.dataset, settings.data_root,
-                                                                      settings.split, img_size=img_size)
-    extractor = FeatureExtractor(
-        sd, layers=(settings.layer,), timestep=settings.timestep, ensemble=settings.ensemble,
-        latent=settings.latent, img_size=img_size, seed=settings.seed, batch_size=settings.batch_size,
-        cache_dir=settings.cache_dir,
-    )
-    conditioning = make_conditioning(sd, settings.prompt, dino=settings.dino, dino_cache=settings.dino_cache)
-
-    shards = out_dir / "shards"
-    # only the settings that change the predictions: a run may be resumed with other cache folders, shard size
-    manifest = {"settings": result_fields(settings),
-                "matchers": matchers, "img_size": img_size, "model": sd.identity.get("fingerprint"), "n_pairs": n}
-    manifest = json.loads(json.dumps(manifest, default=str))
-    if shards.exists() and resume:
-        saved = None
-        try:
-            saved = json.loads((shards / "manifest.json").read_text())
-        except (OSError, ValueError):
-            pass
-        if saved != manifest:
-            raise ValueError(f"{shards}: cannot resume, these shards were made with other settings "
-                             f"(saved {saved}, now {manifest}); run without --resume to start again")
-    elif shards.exists():
-        shutil.rmtree(shards)
-    shards.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(shards / "manifest.json", manifest)
-    fingerprint = settings_fingerprint(manifest)
-    done, finished = _finished_shards(shards, fingerprint)
-    _remove_unfinished_shards(shards, finished)
-    todo = [i for i in range(n) if i not in done]
-    writer = _ShardWriter(shards, shard_size, fingerprint)
-    predict(dataset, extractor, conditioning, matchers, settings.layer, progress=progress, indices=todo,
-            on_rows=writer, on_skip=writer.skip)
-    writer.flush()
-
-    _, finished = _finished_shards(shards, fingerprint)
-    covered = set().union(*[set(r["pairs"]) for _, r in finished]) if finished else set()
-    if covered != set(range(n)):
-        missing = sorted(set(range(n)) - covered)
-        raise RuntimeError(f"{shards}: pairs {missing[:10]} have no finished shard after the run (disk trouble?)")
-    parts = [pd.read_csv(f) for f, r in finished if r["rows"]]
-    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["pair_index", *PREDICTION_COLUMNS])
-    df = df.sort_values(["pair_index", "matcher", "kp_index"], kind="stable").drop(columns="pair_index")
-    df = df.reset_index(drop=True)
-    skipped = sorted((s for _, r in finished for s in r.get("skipped", [])), key=lambda s: s["pair_index"])
-    atomic_write_text(out_dir / "predictions.csv", df.to_csv(index=False))
-    metrics = {
-        **summarize(df, img_size),
-        "settings": {**asdict(settings), "matchers": matchers, "img_size": img_size},
-        "model": sd.identity,
-        "features": extractor.settings(),
-        "conditioning": conditioning.describe(),
-        "dataset": {"name": dataset.name, "root": str(dataset.root), "split": dataset.split,
-                    "n_pairs": int(df["pair_id"].nunique()) if len(df) else 0,
-                    "n_keypoints": int(len(df) / max(len(matchers), 1)), "n_skipped": len(skipped)},
-        "skipped": skipped,
-        "run": {"pairs_computed_now": len(todo), "pairs_from_earlier_runs": n - len(todo),
-                "unique_images_extracted": extractor.extracted},
-        "provenance": provenance(),
-    }
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    if skipped:
-        first = ", ".join(s["pair_id"] for s in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        print(f"sd4match: warning: skipped {len(skipped)} of {n} pair(s) without any usable keypoint ({first}; "
-              f"first reason: {skipped[0]['reason']}); listed under 'skipped' in {out_dir / 'metrics.json'}",
-              file=sys.stderr)
-    return metrics
+        _, finished = _finished_shards(shards, fingerprint)
+        missing = sorted(set(range(n)).difference(*(r["pairs"] for _, r in finished)))
+        if missing:
+            raise RuntimeError(f"{shards}: pairs {missing[:10]} have no finished shard after the run (disk trouble?)")
+        parts = [pd.read_csv(f) for f, r in finished if r["rows"]]
+        df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["pair_index", *PREDICTION_COLUMNS])
+        df = df.sort_values(["pair_index", "matcher", "kp_index"], kind="stable").drop(columns="pair_index")
+        df = df.reset_index(drop=True)
+        skipped = sorted((s for _, r in finished for s in r.get("skipped", [])), key=lambda s: s["pair_index"])
+        atomic_write_text(out_dir / "predictions.csv", df.to_csv(index=False))
+        metrics = {
+            **summarize(df, img_size), "settings": {**asdict(settings), "matchers": matchers, "img_size": img_size},
+            "model": sd.identity, "features": extractor.settings(), "conditioning": conditioning.describe(),
+            "dataset": {"name": dataset.name, "root": str(dataset.root), "split": dataset.split,
+                        "n_pairs": int(df["pair_id"].nunique()) if len(df) else 0,
+                        "n_keypoints": int(len(df) / max(len(matchers), 1)), "n_skipped": len(skipped)},
+            "skipped": skipped,
+            "run": {"pairs_computed_now": len(todo), "pairs_from_earlier_runs": n - len(todo),
+                    "unique_images_extracted": extractor.extracted},
+            "provenance": provenance(),
+        }
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        if skipped:
+            first = ", ".join(s["pair_id"] for s in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            print(f"sd4match: warning: skipped {len(skipped)} of {n} pair(s) without any usable keypoint ({first}; "
+                  f"first reason: {skipped[0]['reason']}); listed under 'skipped' in {out_dir / 'metrics.json'}",
+                  file=sys.stderr)
+        return metrics
 
 
 def headline(metrics: dict, alpha: float = 0.1) -> pd.DataFrame:

@@ -1,10 +1,6 @@
-"""One clicked point, every prompt: the prediction, the cosine heat-map and the best candidate cells.
-
-This is what the quick-start explorer (:mod:`~sd4match_utils.widgets`) shows when a point of the source image is
-clicked, and what notebook 01 draws per up-block: :func:`click_to_match` matches the point with one of the
-matchers of :mod:`~sd4match_utils.matching`, its heat-map is the point's cosine map against the target, and
-:func:`top_k_peaks` lists the best distinct cells of that map.
-"""
+"""One clicked source point under each prompt: the matcher's prediction, the point's cosine heat-map against the
+target and the best distinct cells of that map (what the explorer of :mod:`~sd4match_utils.widgets` shows, and
+notebook 01 draws per up-block)."""
 
 from __future__ import annotations
 
@@ -21,13 +17,11 @@ __all__ = ["ClickResult", "click_to_match", "explore_click", "top_k_peaks"]
 
 
 def top_k_peaks(heatmap: Tensor | np.ndarray, k: int = 5, min_distance: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` highest cells of a ``(h, w)`` map, greedily skipping cells within ``min_distance`` cells
-    (Chebyshev) of a cell already taken, so the candidates are distinct places rather than neighbours of the best
-    one (``min_distance=0``: the plain top-k; fewer than ``k`` when the map runs out of cells).
+    """The ``k`` highest cells of a map, greedily skipping cells within ``min_distance`` cells (Chebyshev) of one
+    already taken (``0``: the plain top-k); fewer when the map runs out of cells.
 
     Returns:
-        ``(cells, scores)``: int64 ``(x, y)`` cell coordinates and float64 scores, sorted by score (highest
-        first, ties by row-major cell order).
+        ``(cells, scores)``: int64 ``(x, y)`` cells and float64 scores, best first (ties in row-major order).
 
     Shape:
         - heatmap: :math:`(h, w)`
@@ -51,10 +45,9 @@ def top_k_peaks(heatmap: Tensor | np.ndarray, k: int = 5, min_distance: int = 1)
 
 @dataclass(frozen=True)
 class ClickResult:
-    """What one prompt's features say about one clicked source point (``img_size`` pixels throughout):
-    ``src_xy`` ``(2,)`` the point, ``pred_xy`` ``(2,)`` the matcher's prediction on the target, ``heatmap``
-    ``(h, w)`` the point's cosine similarity with every target cell, ``topk_xy`` ``(k, 2)`` the best candidate
-    cells' centres (best first) and ``topk_score`` ``(k,)`` their similarities."""
+    """One prompt's answer to one click, in ``img_size`` pixels: the point ``src_xy`` ``(2,)``, the prediction
+    ``pred_xy`` ``(2,)``, the point's cosine similarity with every target cell ``heatmap`` ``(h, w)``, and the best
+    candidate cells' centres ``topk_xy`` ``(k, 2)`` (best first) with their similarities ``topk_score`` ``(k,)``."""
 
     prompt: str
     src_xy: np.ndarray
@@ -75,9 +68,8 @@ class ClickResult:
 
 def click_to_match(src_feat: Tensor, trg_feat: Tensor, xy, img_size: int, matcher: str = "kernel_softmax",
                    k: int = 5, min_distance: int = 1, prompt: str = "") -> ClickResult:
-    """Match one source point ``xy`` (``(2,)``, ``img_size`` pixels, clamped to the image) from ``src_feat``
-    ``(C, h, w)`` to ``trg_feat`` ``(C, h', w')``: ``pred_xy`` equals :func:`match` on the same inputs, the
-    heat-map is :func:`cosine_maps` of the point's descriptor, the candidates :func:`top_k_peaks` of it.
+    """Match one source point (clamped to the image): ``pred_xy`` is :func:`match`'s, the heat-map
+    :func:`cosine_maps` of the point's descriptor, the candidates its :func:`top_k_peaks`.
 
     Shape:
         - src_feat: :math:`(C, h, w)`; trg_feat: :math:`(C, h', w')`; xy: :math:`(2)`
@@ -85,7 +77,7 @@ def click_to_match(src_feat: Tensor, trg_feat: Tensor, xy, img_size: int, matche
     """
     point = torch.as_tensor(np.asarray(xy, dtype=np.float64).reshape(1, 2), dtype=torch.float32)
     point = point.clamp(0, img_size - 1).to(src_feat.device)
-    pred = match(src_feat, trg_feat, point, img_size, matcher)[0]
+    pred = match(src_feat, trg_feat, point, img_size, matcher)[0]  # match() does not expose its similarity map
     heat = cosine_maps(sample_descriptors(src_feat, pixel_to_grid(point, img_size, tuple(src_feat.shape[1:]))),
                        trg_feat)[0]
     cells, scores = top_k_peaks(heat, k, min_distance)

@@ -1,13 +1,10 @@
 """Dense features from the frozen UNet (SPEC §2).
 
-image → resize to ``img_size`` (no aspect ratio) → [-1, 1] → VAE posterior sample (or mean) × scaling factor
-→ ``z_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) ε`` → UNet → outputs of ``up_blocks[l]`` for the requested ``l``.
-The UNet stops right after the deepest requested block (forward hooks; identical features, less compute).
-With an ensemble of E, the VAE runs once per image and E noise copies of its latent go through the UNet; the E
-maps are averaged. Randomness is drawn per image from ``(seed, image content)``, and no UNet or VAE call ever mixes
-two images (the VAE takes one image at a time, the UNet one image's E copies in chunks of ``batch_size``, inputs in
-one fixed contiguous layout): an image's features are the same bits whichever images it is extracted with, so a
-resumed run reproduces an uninterrupted one exactly, and caches stay valid.
+image → square resize → [-1, 1] → VAE posterior sample (or mean) × scaling factor → ``z_t = sqrt(ᾱ_t) z_0 +
+sqrt(1 − ᾱ_t) ε`` → UNet, stopped right after the deepest requested ``up_blocks[l]`` (forward hooks). An ensemble
+of E noise copies of one VAE latent is averaged. Randomness is drawn per image from ``(seed, image content)`` and
+no VAE or UNet call mixes two images (inputs in one fixed contiguous layout), so an image's features are the same
+bits whichever images it is extracted with: resumed runs and caches stay exact.
 """
 
 from __future__ import annotations
@@ -25,10 +22,7 @@ from .cache import TensorCache, tensor_key
 
 UP_BLOCKS = (0, 1, 2, 3)
 LATENT_MODES = ("sample", "mean")
-
-
-#: Part of every cache key: bumped when the arithmetic of the extraction changes (2: one image per VAE / UNet call,
-#: contiguous inputs), so that maps cached by an older version are not mixed with new ones.
+#: Part of every cache key: bumped when the arithmetic of the extraction changes (2: one image per VAE / UNet call).
 _EXTRACTION_VERSION = 2
 
 
@@ -37,10 +31,7 @@ class _StopForward(Exception):
 
 
 class NonFiniteFeaturesError(ValueError):
-    """A feature map holds NaN or Inf (weights or conditioning with non-finite values): never a prediction.
-
-    Attributes: ``name`` (how the image was named), ``image_key`` (its content key, when known), ``layer``,
-    ``n_more`` (other images of the batch with the same problem)."""
+    """A feature map holds NaN or Inf: never a prediction. ``n_more``: other images of the batch with the problem."""
 
     def __init__(self, name: str, layer: int, image_key: str | None = None, n_more: int = 0):
         self.name, self.layer, self.image_key, self.n_more = name, layer, image_key, n_more
@@ -57,10 +48,11 @@ def check_finite_maps(feats: dict[int, torch.Tensor], names: Sequence[str],
                       keys: Sequence[str] | None = None) -> None:
     """Raise :class:`NonFiniteFeaturesError` naming the first image whose map of some up-block is not finite.
 
-    ``feats``: ``{l: (B, C, h, w)}``; ``names`` / ``keys``: the B images' names and content keys. One reduction
-    per level (a single device sync); the offending images are looked for only when it fails."""
+    Shape:
+        ``feats``: ``{l: (B, C, h, w)}``; ``names`` / ``keys``: the B images' names and content keys.
+    """
     for l, x in feats.items():
-        if not bool(torch.isfinite(x).all()):
+        if not bool(torch.isfinite(x).all()):  # one sync per level; the offending images are looked for only now
             bad = [i for i in range(x.shape[0]) if not bool(torch.isfinite(x[i]).all())]
             raise NonFiniteFeaturesError(names[bad[0]], l, keys[bad[0]] if keys is not None else None, len(bad) - 1)
 
@@ -84,44 +76,37 @@ def _seed_for(seed: int, key: str, stream: str) -> int:
 
 
 def add_noise(z0: torch.Tensor, noise: torch.Tensor, timestep: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """``sqrt(ᾱ_t)·z0 + sqrt(1 − ᾱ_t)·ε`` for ``z0``, ``noise`` of the same shape ``(B, 4, h, w)``."""
+    """``sqrt(ᾱ_t)·z0 + sqrt(1 − ᾱ_t)·ε``.
+
+    Shape:
+        ``z0``, ``noise``: ``(B, 4, h, w)``; returns the same.
+    """
     a = alphas_cumprod[timestep].to(torch.float32)
     return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
 
-def unet_readout(
-    unet: torch.nn.Module,
-    z_t: torch.Tensor,
-    timestep: int,
-    cond: torch.Tensor,
-    layers: Sequence[int] = (1,),
-    early_exit: bool = True,
-) -> dict[int, torch.Tensor]:
+def unet_readout(unet: torch.nn.Module, z_t: torch.Tensor, timestep: int, cond: torch.Tensor,
+                 layers: Sequence[int] = (1,), early_exit: bool = True) -> dict[int, torch.Tensor]:
     """Run the UNet on noised latents and return the outputs of ``up_blocks[l]`` for each ``l`` in ``layers``.
 
-    Differentiable (no ``no_grad`` here): training back-propagates through it into ``cond``.
+    Differentiable (no ``no_grad`` here): training back-propagates through it into ``cond``. ``early_exit``: stop
+    after the deepest requested block.
 
-    Args:
-        z_t: ``(B, 4, h, w)`` noised latents.
-        cond: ``(B, 77, D)`` or ``(1, 77, D)`` cross-attention conditioning.
-        layers: subset of ``(0, 1, 2, 3)``.
-        early_exit: stop after the deepest requested block (``False`` runs the whole UNet).
-
-    Returns:
-        ``{l: (B, C_l, h_l, w_l)}`` in the UNet's dtype.
+    Shape:
+        ``z_t``: ``(B, 4, h, w)``; ``cond``: ``(B, 77, D)`` or ``(1, 77, D)``; returns ``{l: (B, C_l, h_l, w_l)}``
+        in the UNet's dtype.
     """
     layers = sorted(set(int(l) for l in layers))
     if not layers or any(l not in UP_BLOCKS for l in layers):
         raise ValueError(f"layers must be a non-empty subset of {UP_BLOCKS}, got {layers}")
     if cond.shape[0] == 1 and z_t.shape[0] > 1:
         cond = cond.expand(z_t.shape[0], -1, -1)
-    deepest = layers[-1]
     out: dict[int, torch.Tensor] = {}
 
     def make_hook(index: int):
         def hook(_module, _inputs, output):
             out[index] = output
-            if early_exit and index == deepest:
+            if early_exit and index == layers[-1]:
                 raise _StopForward
 
         return hook
@@ -140,14 +125,9 @@ def unet_readout(
 
 def feature_shapes(sd, img_size: int) -> dict[int, tuple[int, int, int]]:
     """``{l: (C, h, w)}`` of each up-block's output at ``img_size`` (the levels a model can return)."""
-    s = img_size // sd.vae_scale
-    n_up = len(sd.unet.config.block_out_channels)
     chans = list(reversed(sd.unet.config.block_out_channels))
-    shapes = {}
-    for i in UP_BLOCKS:
-        size = s // 2 ** max(n_up - 2 - i, 0)
-        shapes[i] = (chans[i], size, size)
-    return shapes
+    sizes = [img_size // sd.vae_scale // 2 ** max(len(chans) - 2 - i, 0) for i in UP_BLOCKS]
+    return {i: (chans[i], sizes[i], sizes[i]) for i in UP_BLOCKS}
 
 
 def _check_timestep(sd, timestep: int) -> None:
@@ -168,28 +148,16 @@ class FeatureExtractor:
         seed: base seed; per-image randomness is derived from it and the image content.
         batch_size: rows per UNet call: each image's E noise copies are chunked to this (images are never mixed).
         cache_dir: optional folder for latents and features (safetensors, keyed by content and settings).
-        early_exit: stop the UNet after the deepest requested block.
     """
 
-    def __init__(
-        self,
-        sd,
-        layers: Sequence[int] = (1,),
-        timestep: int = 50,
-        ensemble: int = 8,
-        latent: str = "sample",
-        img_size: int | None = None,
-        seed: int = 0,
-        batch_size: int = 8,
-        cache_dir: str | Path | None = None,
-        early_exit: bool = True,
-    ):
+    def __init__(self, sd, layers: Sequence[int] = (1,), timestep: int = 50, ensemble: int = 8,
+                 latent: str = "sample", img_size: int | None = None, seed: int = 0, batch_size: int = 8,
+                 cache_dir: str | Path | None = None, early_exit: bool = True):
         if latent not in LATENT_MODES:
             raise ValueError(f"latent must be one of {LATENT_MODES}, got {latent!r}")
-        if ensemble < 1:
-            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for name, value in (("ensemble", ensemble), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         _check_timestep(sd, timestep)
         img_size = sd.native_img_size if img_size is None else int(img_size)
         if img_size % (sd.vae_scale * 8):
@@ -205,8 +173,8 @@ class FeatureExtractor:
         self.extracted = 0  # images whose features this extractor computed (cache hits not counted)
 
     def at(self, timestep: int) -> "FeatureExtractor":
-        """The same extractor at another diffusion step, sharing this one's latents (a VAE latent depends on the
-        image, not on ``t`` or the prompt) and cache: a timestep sweep runs each image through the VAE once."""
+        """The same extractor at another diffusion step, sharing this one's latents (they do not depend on ``t``)
+        and cache: a timestep sweep runs each image through the VAE once."""
         _check_timestep(self.sd, timestep)
         other = copy.copy(self)
         other.timestep = int(timestep)
@@ -214,16 +182,9 @@ class FeatureExtractor:
 
     def settings(self) -> dict:
         """Everything that changes the features (recorded in result files and cache keys)."""
-        return {
-            "model_fingerprint": self.sd.identity["fingerprint"],
-            "precision": self.sd.identity.get("precision"),
-            "layers": list(self.layers),
-            "timestep": self.timestep,
-            "ensemble": self.ensemble,
-            "latent": self.latent,
-            "img_size": self.img_size,
-            "seed": self.seed,
-        }
+        return {"model_fingerprint": self.sd.identity["fingerprint"], "precision": self.sd.identity.get("precision"),
+                "layers": list(self.layers), "timestep": self.timestep, "ensemble": self.ensemble,
+                "latent": self.latent, "img_size": self.img_size, "seed": self.seed}
 
     def _latent_key(self, ikey: str) -> str:
         s = self.settings()
@@ -239,83 +200,59 @@ class FeatureExtractor:
     def latents(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """VAE latents ``z_0`` (× scaling factor), one VAE pass per image: ``(B, 4, S/8, S/8)`` float32 on device."""
         keys = [image_key(im) for im in images]
-        todo = [i for i, k in enumerate(keys) if self._latent_key(k) not in self._latents]
-        if self.cache is not None:
-            for i in list(todo):
-                hit = self.cache.get("latents", self._latent_key(keys[i]))
-                if hit is not None:
-                    self._latents[self._latent_key(keys[i])] = hit["z0"]
-                    todo.remove(i)
         vae = self.sd.vae
-        for i0 in todo:  # one image per VAE call: its latent does not depend on the other images
-            idx = [i0]
-            x = preprocess(images[i0], self.img_size)[None].to(self.sd.device, self.sd.dtype)
-            x = x.contiguous(memory_format=getattr(self.sd, "vae_memory_format", torch.contiguous_format))
-            dist = vae.encode(x).latent_dist
-            mean, std = dist.mean.float(), dist.std.float()
-            for j, i in enumerate(idx):
-                if self.latent == "sample":
-                    g = torch.Generator().manual_seed(_seed_for(self.seed, keys[i], "latent"))
-                    eps = torch.randn(mean.shape[1:], generator=g).to(mean.device)
-                    z = mean[j] + std[j] * eps
-                else:
-                    z = mean[j]
-                z = (z * vae.config.scaling_factor).cpu()
-                lk = self._latent_key(keys[i])
-                self._latents[lk] = z
-                if self.cache is not None:
-                    self.cache.put("latents", lk, {"z0": z}, {"settings": self.settings(), "image": keys[i]})
+        for im, key in zip(images, keys):
+            lk = self._latent_key(key)
+            if lk in self._latents:
+                continue
+            hit = self.cache.get("latents", lk) if self.cache is not None else None
+            if hit is not None:
+                self._latents[lk] = hit["z0"]
+                continue
+            x = preprocess(im, self.img_size)[None].to(self.sd.device, self.sd.dtype)
+            dist = vae.encode(x.contiguous(memory_format=self.sd.vae_memory_format)).latent_dist
+            z = dist.mean.float()[0]
+            if self.latent == "sample":
+                g = torch.Generator().manual_seed(_seed_for(self.seed, key, "latent"))
+                z = z + dist.std.float()[0] * torch.randn(z.shape, generator=g).to(z.device)
+            self._latents[lk] = z = (z * vae.config.scaling_factor).cpu()
+            if self.cache is not None:
+                self.cache.put("latents", lk, {"z0": z}, {"settings": self.settings(), "image": key})
         return torch.stack([self._latents[self._latent_key(k)] for k in keys]).to(self.sd.device)
 
     def noise(self, images_keys: Sequence[str], shape: tuple[int, ...]) -> torch.Tensor:
-        """``(B, E, 4, h, w)`` ensemble noise, drawn per image from ``(seed, image content)`` on the CPU."""
-        out = []
-        for k in images_keys:
-            g = torch.Generator().manual_seed(_seed_for(self.seed, k, "noise"))
-            out.append(torch.randn((self.ensemble, *shape), generator=g))
-        return torch.stack(out)
+        """``(B, E, *shape)`` ensemble noise, drawn per image from ``(seed, image content)`` on the CPU."""
+        gens = [torch.Generator().manual_seed(_seed_for(self.seed, k, "noise")) for k in images_keys]
+        return torch.stack([torch.randn((self.ensemble, *shape), generator=g) for g in gens])
 
     @torch.no_grad()
-    def features_from_latents(
-        self, z0: torch.Tensor, cond: torch.Tensor, image_keys: Sequence[str], names: Sequence[str] | None = None
-    ) -> dict[int, torch.Tensor]:
+    def features_from_latents(self, z0: torch.Tensor, cond: torch.Tensor, image_keys: Sequence[str],
+                              names: Sequence[str] | None = None) -> dict[int, torch.Tensor]:
         """Noise each latent E times, run the UNet on each image's E copies (chunks of ``batch_size`` rows, never
-        two images in one call), average over E.
+        two images in one call), average over E. ``image_keys`` seed the noise; ``names`` name the images in errors
+        (default: their content keys).
 
-        Args:
-            z0: ``(B, 4, h, w)`` clean latents.
-            cond: ``(1, 77, D)`` shared or ``(B, 77, D)`` per-image conditioning.
-            image_keys: content keys of the B images (seed the noise).
-            names: the B images' names for error messages (default: their content keys).
-
-        Returns:
+        Shape:
+            ``z0``: ``(B, 4, h, w)``; ``cond``: ``(1, 77, D)`` or ``(B, 77, D)``; returns
             ``{l: (B, C_l, h_l, w_l)}`` float32 on the model's device.
 
         Raises:
-            NonFiniteFeaturesError: a map holds NaN or Inf (the message names the image).
+            NonFiniteFeaturesError: a map holds NaN or Inf.
         """
-        b, e = z0.shape[0], self.ensemble
         noise = self.noise(image_keys, tuple(z0.shape[1:])).to(z0.device)
         z_t = add_noise(z0[:, None].float(), noise, self.timestep, self.sd.alphas_cumprod).contiguous()  # (B, E, ..)
         cond = cond.to(self.sd.device, self.sd.dtype)
         per_image: dict[int, list[torch.Tensor]] = {l: [] for l in self.layers}
-        for j in range(b):  # one image per UNet call (its E copies, chunked): batch composition fixed per image
+        for j in range(z0.shape[0]):
             cond_j = cond[j : j + 1] if cond.shape[0] > 1 else cond[:1]
-            chunks: dict[int, list[torch.Tensor]] = {l: [] for l in self.layers}
-            for s in range(0, e, self.batch_size):
+            chunks = []
+            for s in range(0, self.ensemble, self.batch_size):
                 rows = z_t[j, s : s + self.batch_size].to(self.sd.dtype).contiguous()
-                out = unet_readout(
-                    self.sd.unet,
-                    rows,
-                    self.timestep,
-                    cond_j.expand(rows.shape[0], -1, -1).contiguous(),
-                    self.layers,
-                    self.early_exit,
-                )
-                for l in self.layers:
-                    chunks[l].append(out[l].float())
+                out = unet_readout(self.sd.unet, rows, self.timestep, cond_j.expand(rows.shape[0], -1, -1).contiguous(),
+                                   self.layers, self.early_exit)
+                chunks.append({l: out[l].float() for l in self.layers})
             for l in self.layers:
-                per_image[l].append(torch.cat(chunks[l]).mean(dim=0))
+                per_image[l].append(torch.cat([c[l] for c in chunks]).mean(dim=0))
         feats = {l: torch.stack(per_image[l]) for l in self.layers}
         names = list(names) if names is not None else [f"with content key {k}" for k in image_keys]
         check_finite_maps(feats, names, list(image_keys))
@@ -323,19 +260,23 @@ class FeatureExtractor:
 
     def __call__(self, images: Sequence[Image.Image], cond: torch.Tensor,
                  names: Sequence[str] | None = None) -> dict[int, torch.Tensor]:
-        """Features of ``images`` under conditioning ``cond`` (``(1|B, 77, D)``): ``{l: (B, C_l, h_l, w_l)}``
-        float32 on the model's device. Uses the on-disk cache when one is configured.
+        """Features of ``images`` under conditioning ``cond``, through the on-disk cache when there is one. ``names``
+        (e.g. file paths) name the images in errors; non-finite maps are never written to the cache.
 
-        ``names`` (e.g. file paths) name the images in errors. Raises :class:`NonFiniteFeaturesError` when a map
-        (computed or read from the cache) holds NaN or Inf; such maps are never written to the cache."""
+        Shape:
+            ``cond``: ``(1, 77, D)`` or ``(B, 77, D)``; returns ``{l: (B, C_l, h_l, w_l)}`` float32 on the model's
+            device.
+
+        Raises:
+            NonFiniteFeaturesError: a map (computed or read from the cache) holds NaN or Inf.
+        """
         keys = [image_key(im) for im in images]
         names = list(names) if names is not None else [f"with content key {k}" for k in keys]
         per_image = cond.shape[0] == len(images) and len(images) > 1
         ckeys = [tensor_key(cond[i : i + 1] if per_image else cond[:1]) for i in range(len(images))]
         fkeys = [self._feature_key(k, c) for k, c in zip(keys, ckeys)]
-        result: list[dict[str, torch.Tensor] | None] = [None] * len(images)
-        if self.cache is not None:
-            result = [self.cache.get("features", fk) for fk in fkeys]
+        result = [self.cache.get("features", fk) if self.cache is not None else None for fk in fkeys]
+        hits = [i for i, r in enumerate(result) if r is not None]
         todo = [i for i, r in enumerate(result) if r is None]
         if todo:
             self.extracted += len(todo)
@@ -348,8 +289,6 @@ class FeatureExtractor:
                     meta = {"settings": self.settings(), "image": keys[i], "conditioning": ckeys[i]}
                     self.cache.put("features", fkeys[i], result[i], meta)
         out = {l: torch.stack([r[f"up{l}"] for r in result]).to(self.sd.device) for l in self.layers}
-        if self.cache is not None and len(todo) < len(images):  # cache hits (a cache written before this check)
-            computed = set(todo)
-            hits = [i for i in range(len(images)) if i not in computed]
+        if hits:  # maps of a cache written before this check existed
             check_finite_maps({l: out[l][hits] for l in self.layers}, [names[i] for i in hits], [keys[i] for i in hits])
         return out

@@ -1,39 +1,11 @@
 """Training objective: Gaussian-window cross-entropy on the target probability map (SPEC §5).
 
-For one image pair and one keypoint:
-
-1. the *source descriptor* is the bilinear (align-corners) sample of the source feature map at the source
-   keypoint, mapped to the source grid with ``x_f = x · (w − 1)/(W − 1)``;
-2. the *probability map* is ``p = softmax(cos(descriptor, every target cell) / β)`` over all ``h × w`` target
-   cells (cosines with each vector divided by ``(its L2 norm + 1e-6)``, as in :mod:`sd4match_utils.matching`);
-3. the ground-truth target keypoint is mapped to the target grid the same way, giving a *continuous*
-   location ``g``;
-4. a ``window × window`` (7 × 7) set of offsets ``o`` (whole cells) is placed around ``g``; each point
-   ``q = g + o`` strictly inside the grid (``0 < q_x < w − 1`` and ``0 < q_y < h − 1``) is *valid*; points on
-   or outside the border are masked;
-5. at each valid ``q`` the probability map is bilinearly sampled, ``p(q) = Σ_corners b_i · p_i``, and the
-   keypoint's loss is ``−Σ_valid G(o) · log p(q)`` with ``G(o) = exp(−|o|²/2σ²)/(2πσ²)`` (σ = 1.5 cells,
-   not renormalised: ``Σ G ≈ 0.965``).
-
-The pair's loss is the sum over keypoints divided by the number of *valid keypoints* (keypoints with at least
-one valid window point); the batch loss is the mean over the pairs that have at least one valid keypoint.
-
-Batches. :func:`pair_loss` takes one pair (maps ``(C, h, w)``, keypoints ``(N, 2)``) or a batch (maps
-``(B, C, h, w)``, keypoints ``(B, N, 2)`` with an optional boolean ``(B, N)`` mask of the real keypoints) and
-gives one loss per pair; :func:`batch_loss` averages them. A batch is one computation over all its pairs,
-keypoints and window points; pairs with different keypoint counts are padded and masked (:func:`batch_loss`
-does the padding when given one keypoint tensor per pair).
-
-Conventions fixed here:
-
-* ``log p(q)`` is the log of the bilinearly sampled *probability* (not a sample of ``log p``). It is computed
-  exactly in log space, ``log p(q) = logsumexp_i(log b_i + log_softmax_i)``, so no clamp is needed: the value
-  stays finite and keeps its gradient even where ``p`` underflows float32.
-* Window coordinates are computed in float64 and a point counts as "on the border" when it lies within
-  ``1e-6`` cells of it, so that rounding in the pixel → grid conversion (``767 · 47/767`` need not be exactly
-  ``47``) cannot flip the strict test.
-* Keypoints are data: no gradient flows into them. Everything else runs in float32 whatever the feature dtype
-  (bf16 / fp16 maps give a float32 loss).
+Per keypoint: ``p = softmax(S / β)``, ``S`` the cosine map of the source descriptor (as in ``matching``), ``g`` the
+ground truth on the target grid; the loss is ``−Σ_valid G(o)·log p(g + o)`` over the ``window²`` whole-cell offsets
+``o``, ``G(o) = exp(−|o|²/2σ²)/(2πσ²)`` (not renormalised), a point valid when strictly inside the grid (float64,
+:data:`BORDER_TOL`). ``log p(q)``, of the bilinear sample of ``p``, is computed in log space: finite where ``p``
+underflows. A pair's loss divides by its number of valid keypoints; the batch loss averages the pairs with one.
+Keypoints get no gradient; everything runs in float32 whatever the feature dtype.
 """
 
 from __future__ import annotations
@@ -55,29 +27,17 @@ BETA = 0.04
 WINDOW = 7
 #: Standard deviation of the Gaussian window, in cells (SPEC §5).
 SIGMA = 1.5
-#: Window points closer than this (in cells) to the border count as on it, i.e. are masked.
+#: Window points closer than this (in cells) to the border count as on it (``767 · 47/767`` need not be ``47``).
 BORDER_TOL = 1e-6
 
 
 def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> tuple[Tensor, Tensor]:
-    """Offsets and weights of the square Gaussian target window.
-
-    Args:
-        size: window side in cells (odd, ≥ 1).
-        sigma: Gaussian standard deviation in cells (> 0).
-
-    Returns:
-        ``offsets``: float32 ``(dx, dy)`` in whole cells, each from ``−(size // 2)`` to ``+(size // 2)``,
-        row-major (``dy`` outer, ``dx`` inner), so the centre ``(0, 0)`` is at index ``size² // 2``;
-        ``weights``: float32 ``exp(−(dx² + dy²)/(2σ²)) / (2πσ²)``, *not* renormalised (their sum is ≈ 0.965 for
-        ``size = 7, sigma = 1.5``).
+    """float32 offsets ``(dx, dy)`` (whole cells, row-major: ``dy`` outer, centre at ``size² // 2``) and weights
+    ``exp(−(dx² + dy²)/(2σ²)) / (2πσ²)`` of the square window, not renormalised (sum ≈ 0.965 for 7 and 1.5).
 
     Shape:
         - offsets: :math:`(K, 2)` with :math:`K = size^2`
         - weights: :math:`(K)`
-
-    Raises:
-        ValueError: if ``size`` is not a positive odd integer or ``sigma`` is not positive.
     """
     if isinstance(size, bool) or int(size) != size or size < 1 or size % 2 == 0:
         raise ValueError(f"size must be a positive odd integer, got {size!r}")
@@ -91,83 +51,51 @@ def gaussian_window(size: int = WINDOW, sigma: float = SIGMA) -> tuple[Tensor, T
     return offsets.to(torch.float32), weights.to(torch.float32)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# internals
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _zero(src_feat: Tensor, trg_feat: Tensor) -> Tensor:
-    """A float32 scalar zero that is connected to both feature maps' graphs (so ``backward`` works)."""
-    return (src_feat.sum() * 0).float() + (trg_feat.sum() * 0).float().to(src_feat.device)
-
-
 def _check_hyper(beta: float, window: int, sigma: float) -> tuple[Tensor, Tensor]:
     """Validate the hyper-parameters; returns the Gaussian window (float32 offsets and weights)."""
     if not (beta > 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be positive, got {beta!r}")
-    return gaussian_window(window, sigma)  # validates window / sigma
+    return gaussian_window(window, sigma)
 
 
-def _loss_terms(
-    src_feat: Tensor,
-    trg_feat: Tensor,
-    src_kps: Tensor,
-    trg_kps: Tensor,
-    real: Tensor,
-    img_size: int | tuple[int, int],
-    beta: float,
-    offsets: Tensor,
-    weights: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """Summed keypoint loss and number of valid keypoints of every pair of a batch, in one computation.
+def _loss_terms(src_feat: Tensor, trg_feat: Tensor, src_kps: Tensor, trg_kps: Tensor, real: Tensor,
+                img_size: int | tuple[int, int], beta: float, offsets: Tensor,
+                weights: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B,)`` float32 summed keypoint losses (graph-connected) and ``(B,)`` int64 valid keypoint counts.
 
-    Args:
-        src_feat: ``(B, C, h_s, w_s)``; trg_feat: ``(B, C, h, w)`` (checked by the caller).
-        src_kps, trg_kps: ``(B, N, 2)`` pixels; real: ``(B, N)`` bool, ``False`` for padding.
-        offsets, weights: the Gaussian window, ``(K, 2)`` and ``(K,)``.
-
-    Returns:
-        ``(B,)`` float32 sums ``Σ_keypoints −Σ_valid G(o)·log p(g + o)`` (graph-connected) and ``(B,)`` int64
-        counts of valid keypoints.
+    Maps ``(B, C, h, w)``, keypoints ``(B, N, 2)`` in pixels, ``real`` ``(B, N)``, window ``(K, 2)`` and ``(K,)``.
     """
     b, n = src_kps.shape[:2]
     device = trg_feat.device
-    if n == 0:
-        zero = _zero(src_feat, trg_feat).to(device)
-        return zero.expand(b), torch.zeros(b, dtype=torch.long, device=device)
+    if n == 0:  # a zero connected to both maps' graphs, so that backward works
+        zero = (src_feat.sum() * 0).float() + (trg_feat.sum() * 0).float().to(src_feat.device)
+        return zero.to(device).expand(b), torch.zeros(b, dtype=torch.long, device=device)
     h, w = trg_feat.shape[-2:]
-    src_hw = tuple(src_feat.shape[-2:])
     real_src = real.to(src_feat.device)[..., None]
     real = real.to(device)
 
-    # 1. source descriptors (B, N, C) and 2. log-probability maps (B, N, h·w), float32; padded keypoints sit at
-    # pixel 0 (a finite point: their rows must not carry NaN into the gradient through the masked terms)
+    # log-probability maps (B, N, h·w); padded keypoints sit at pixel 0, so no NaN reaches the gradient
     src_kps = src_kps.detach().to(device=src_feat.device, dtype=torch.float64)
-    src_xy_f = pixel_to_grid(torch.where(real_src, src_kps, torch.zeros_like(src_kps)), img_size, src_hw)
+    src_xy_f = pixel_to_grid(torch.where(real_src, src_kps, torch.zeros_like(src_kps)), img_size, src_feat.shape[-2:])
     desc = sample_descriptors(src_feat, src_xy_f.to(torch.float32))
     logp = torch.log_softmax(cosine_maps(desc, trg_feat).reshape(b, n, h * w) / beta, dim=-1)
 
-    # 3. continuous ground truth on the target grid and 4. window points q = g + o, (B, N, K, 2) in float64
+    # window points q = g + o, (B, N, K, 2) in float64, and their validity (B, N, K)
     g = pixel_to_grid(trg_kps.detach().to(device=device, dtype=torch.float64), img_size, (h, w))
     q = g[:, :, None, :] + offsets.to(device=device, dtype=torch.float64)
     qx, qy = q[..., 0], q[..., 1]
     valid = (qx > BORDER_TOL) & (qx < w - 1 - BORDER_TOL) & (qy > BORDER_TOL) & (qy < h - 1 - BORDER_TOL)
-    valid = valid & real[..., None]  # (B, N, K)
-    n_valid = valid.any(dim=-1).sum(dim=-1)  # (B,)
+    valid = valid & real[..., None]
 
-    # bilinear sample of p at every (valid) q, in log space; masked points are moved to a harmless cell
+    # log p(q) by log-space bilinear sampling; masked points are moved to a harmless cell
     k = offsets.shape[0]
-    q_safe = torch.where(valid[..., None], q, torch.full_like(q, 0.5))
-    x0, x1, y0, y1, fx, fy = bilinear_corners(q_safe, h, w)  # each (B, N, K)
+    x0, x1, y0, y1, fx, fy = bilinear_corners(torch.where(valid[..., None], q, torch.full_like(q, 0.5)), h, w)
     idx = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1).reshape(b, n, k * 4)
     corner_w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)  # (B, N, K, 4)
     log_corner_w = torch.log(corner_w).to(torch.float32)  # −inf where a corner has weight 0
     log_pq = torch.logsumexp(log_corner_w + logp.gather(2, idx).reshape(b, n, k, 4), dim=-1)  # (B, N, K)
-
-    # 5. −Σ_valid G(o) · log p(q), summed over each pair's keypoints
     log_pq = torch.where(valid, log_pq, torch.zeros_like(log_pq))
-    total = -(weights.to(device) * log_pq).sum(dim=(1, 2))
-    return total, n_valid
+    return -(weights.to(device) * log_pq).sum(dim=(1, 2)), valid.any(dim=-1).sum(dim=-1)
 
 
 def _pair_means(total: Tensor, n_valid: Tensor) -> Tensor:
@@ -175,44 +103,19 @@ def _pair_means(total: Tensor, n_valid: Tensor) -> Tensor:
     return torch.where(n_valid > 0, total / n_valid.clamp_min(1), torch.zeros_like(total))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# public entry points
-# --------------------------------------------------------------------------------------------------------------
-
-
-def pair_loss(
-    src_feat: Tensor,
-    trg_feat: Tensor,
-    src_kps: Tensor,
-    trg_kps: Tensor,
-    img_size: int | tuple[int, int],
-    *,
-    mask: Tensor | None = None,
-    beta: float = BETA,
-    window: int = WINDOW,
-    sigma: float = SIGMA,
-) -> Tensor:
-    """Gaussian-window cross-entropy of one image pair, or of each pair of a batch (module docstring: rules).
-
-    Differentiable with respect to the feature maps; one computation over pairs, keypoints and window offsets.
+def pair_loss(src_feat: Tensor, trg_feat: Tensor, src_kps: Tensor, trg_kps: Tensor, img_size: int | tuple[int, int],
+              *, mask: Tensor | None = None, beta: float = BETA, window: int = WINDOW, sigma: float = SIGMA) -> Tensor:
+    """Gaussian-window cross-entropy of one image pair, or of each pair of a batch; differentiable in the maps.
 
     Args:
-        src_feat: source feature map(s) (any float dtype, e.g. bf16; computed in float32).
-        trg_feat: target feature map(s) (may differ in dtype and size from ``src_feat``).
-        src_kps: source keypoints ``(x, y)`` in pixels of the ``img_size`` image (points outside it are clamped
-            to the border when sampling the descriptor). ``N`` may be 0.
-        trg_kps: matching ground-truth target keypoints, same coordinates (not clamped: a window centred
-            outside the image keeps only its points that fall strictly inside the grid).
-        img_size: side of the square resized images, or ``(H, W)``; all images share it.
+        src_feat, trg_feat: the pair's feature maps (any float dtypes, e.g. bf16; may differ in size).
+        src_kps: source keypoints in pixels of the ``img_size`` image (clamped to its border); ``N`` may be 0.
+        trg_kps: ground-truth target keypoints (not clamped: a window outside the image keeps its points inside).
         mask: ``True`` for real keypoints, ``False`` for padding; default all real.
-        beta: softmax temperature (0.04).
-        window: odd window side in cells (7).
-        sigma: Gaussian σ in cells (1.5).
+        window, sigma: odd side and σ of the Gaussian window, in cells.
 
     Returns:
-        float32 loss of each pair: ``Σ_keypoints −Σ_valid G(o)·log p(g + o)`` divided by the number of real
-        keypoints with at least one valid window point. With no such keypoint (including ``N = 0``) it is
-        ``0``, still connected to both maps' graphs so that ``backward()`` works (and gives zero gradients).
+        float32 loss of each pair; ``0`` (graph-connected, zero gradients) when no keypoint is valid.
 
     Shape:
         - src_feat: :math:`(C, h_s, w_s)` or :math:`(B, C, h_s, w_s)`
@@ -220,20 +123,12 @@ def pair_loss(
         - src_kps, trg_kps: :math:`(N, 2)` or :math:`(B, N, 2)`
         - mask: :math:`(N)` or :math:`(B, N)`, boolean
         - Output: :math:`()` or :math:`(B)`; all arguments batched, or none
-
-    Raises:
-        ValueError / TypeError: on bad shapes, mismatched channel or keypoint counts, or bad hyper-parameters.
     """
-    batched = same_batching(
-        ("src_feat", "trg_feat", "src_kps", "trg_kps"),
-        (src_feat, trg_feat, src_kps, trg_kps),
-        (
-            check_shape(src_feat, "src_feat", FEAT, floating=True, min_cells=True),
-            check_shape(trg_feat, "trg_feat", FEAT, floating=True, min_cells=True),
-            check_shape(src_kps, "src_kps", POINTS),
-            check_shape(trg_kps, "trg_kps", POINTS),
-        ),
-    )
+    flags = (check_shape(src_feat, "src_feat", FEAT, floating=True, min_cells=True),
+             check_shape(trg_feat, "trg_feat", FEAT, floating=True, min_cells=True),
+             check_shape(src_kps, "src_kps", POINTS), check_shape(trg_kps, "trg_kps", POINTS))
+    batched = same_batching(("src_feat", "trg_feat", "src_kps", "trg_kps"), (src_feat, trg_feat, src_kps, trg_kps),
+                            flags)
     if src_feat.shape[-3] != trg_feat.shape[-3]:
         raise ValueError(f"src_feat has {src_feat.shape[-3]} channels but trg_feat has {trg_feat.shape[-3]}")
     if src_kps.shape[-2] != trg_kps.shape[-2]:
@@ -242,15 +137,13 @@ def pair_loss(
     real = check_mask(mask, src_kps, batched)
     if not batched:
         src_feat, trg_feat, src_kps, trg_kps = src_feat[None], trg_feat[None], src_kps[None], trg_kps[None]
-    total, n_valid = _loss_terms(src_feat, trg_feat, src_kps, trg_kps, real, img_size, beta, offsets, weights)
-    loss = _pair_means(total, n_valid)
+    loss = _pair_means(*_loss_terms(src_feat, trg_feat, src_kps, trg_kps, real, img_size, beta, offsets, weights))
     return loss if batched else loss[0]
 
 
 def _pad_points(kps: Sequence[Tensor], lengths: Tensor) -> Tensor:
     """``B`` tensors ``(N_b, 2)`` → one zero-padded float64 ``(B, max N_b, 2)`` tensor."""
-    device = kps[0].device
-    rows = [p.detach().to(device=device, dtype=torch.float64) for p in kps]
+    rows = [p.detach().to(device=kps[0].device, dtype=torch.float64) for p in kps]
     out = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
     return out.reshape(len(rows), int(lengths.max()), 2)  # the reshape covers a batch of empty (0, 2) tensors
 
@@ -269,34 +162,13 @@ def _stack_maps(feats: Tensor | Sequence[Tensor], name: str) -> Tensor | None:
     return torch.stack(list(feats))
 
 
-def batch_loss(
-    src_feats: Tensor | Sequence[Tensor],
-    trg_feats: Tensor | Sequence[Tensor],
-    src_kps: Tensor | Sequence[Tensor],
-    trg_kps: Tensor | Sequence[Tensor],
-    img_size: int | tuple[int, int],
-    *,
-    mask: Tensor | None = None,
-    **kw,
-) -> Tensor:
-    """Mean of :func:`pair_loss` over the pairs of a batch, computed in one pass.
+def batch_loss(src_feats: Tensor | Sequence[Tensor], trg_feats: Tensor | Sequence[Tensor],
+               src_kps: Tensor | Sequence[Tensor], trg_kps: Tensor | Sequence[Tensor], img_size: int | tuple[int, int],
+               *, mask: Tensor | None = None, **kw) -> Tensor:
+    """Mean of :func:`pair_loss` (``kw``: its ``beta``, ``window``, ``sigma``) over a batch, in one pass.
 
-    Pairs without any valid keypoint (no keypoints, or all windows outside the grid) are *left out* of the
-    mean rather than counted as zero, so they do not dilute the loss of the others; if no pair is valid the
-    result is a graph-connected float32 zero.
-
-    Args:
-        src_feats: source maps, a ``(B, C, h_s, w_s)`` tensor or a sequence of ``B`` ``(C, h_s, w_s)`` maps.
-        trg_feats: target maps, likewise.
-        src_kps: source keypoints in pixels of the ``img_size`` image: a padded ``(B, N, 2)`` tensor (with
-            ``mask``), or ``B`` tensors of shape ``(N_b, 2)`` (``N_b`` may differ; padded here).
-        trg_kps: matching target keypoints, in the same form as ``src_kps``.
-        img_size: side of the square resized images, or ``(H, W)``.
-        mask: ``(B, N)`` boolean mask of the real keypoints for tensor ``src_kps`` / ``trg_kps``.
-        **kw: ``beta``, ``window``, ``sigma`` of :func:`pair_loss`.
-
-    Returns:
-        float32 scalar.
+    Pairs without a valid keypoint are left out of the mean (not counted as zero); with none valid the result is a
+    graph-connected float32 zero. Keypoints come padded with ``mask``, or as ``B`` tensors that are padded here.
 
     Shape:
         - src_feats: :math:`(B, C, h_s, w_s)` or ``B`` × :math:`(C, h_s, w_s)`
@@ -308,16 +180,14 @@ def batch_loss(
     unknown = set(kw) - {"beta", "window", "sigma"}
     if unknown:
         raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
-    beta, window, sigma = kw.get("beta", BETA), kw.get("window", WINDOW), kw.get("sigma", SIGMA)
+    beta = kw.get("beta", BETA)
     b = len(src_feats)
     if not (len(trg_feats) == len(src_kps) == len(trg_kps) == b):
-        raise ValueError(
-            f"batch sizes differ: {b} source maps, {len(trg_feats)} target maps, "
-            f"{len(src_kps)} source and {len(trg_kps)} target keypoint sets"
-        )
+        raise ValueError(f"batch sizes differ: {b} source maps, {len(trg_feats)} target maps, "
+                         f"{len(src_kps)} source and {len(trg_kps)} target keypoint sets")
     if b == 0:
         raise ValueError("empty batch")
-    offsets, weights = _check_hyper(beta, window, sigma)
+    offsets, weights = _check_hyper(beta, kw.get("window", WINDOW), kw.get("sigma", SIGMA))
 
     if isinstance(src_kps, Tensor) != isinstance(trg_kps, Tensor):
         raise TypeError("src_kps and trg_kps must both be tensors or both be sequences of tensors")
@@ -345,14 +215,9 @@ def batch_loss(
             raise ValueError(f"src_feats have {src.shape[1]} channels but trg_feats have {trg.shape[1]}")
         total, n_valid = _loss_terms(src, trg, src_kps, trg_kps, real, img_size, beta, offsets, weights)
     else:  # maps of different sizes cannot be stacked: one pass per pair (not the training path)
-        terms = [
-            _loss_terms(s[None], t[None], src_kps[i : i + 1], trg_kps[i : i + 1], real[i : i + 1], img_size, beta,
-                        offsets, weights)
-            for i, (s, t) in enumerate(zip(src_feats, trg_feats))
-        ]
+        terms = [_loss_terms(s[None], t[None], src_kps[i : i + 1], trg_kps[i : i + 1], real[i : i + 1], img_size,
+                             beta, offsets, weights) for i, (s, t) in enumerate(zip(src_feats, trg_feats))]
         total = torch.cat([t.to(terms[0][0].device) for t, _ in terms])
         n_valid = torch.cat([v.to(terms[0][1].device) for _, v in terms])
-    # pairs without a valid keypoint add an exact 0 to the sum and nothing to the count; every map stays in the
-    # graph (with zero gradients where nothing is valid), and nothing waits on a device-to-host copy
-    n_pairs = (n_valid > 0).sum().clamp_min(1)
-    return _pair_means(total, n_valid).sum() / n_pairs
+    # pairs without a valid keypoint add an exact 0 to the sum and nothing to the count, with no host sync
+    return _pair_means(total, n_valid).sum() / (n_valid > 0).sum().clamp_min(1)

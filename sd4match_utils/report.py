@@ -1,9 +1,8 @@
 """A notebook run: where its data and outputs are, what its files are called, and what it records.
 
-Every notebook starts the same way: a dict of its papermill parameters, an output folder, the embedded synthetic
-data when no dataset root is given, a progress switch (``TQDM_DISABLE``), and ends by writing a metrics JSON with
-the parameters, the model's identity, the elapsed time and the library versions. :class:`NotebookRun` is that
-shared part, so that each notebook keeps only its own story.
+:class:`NotebookRun` is what every notebook shares: its papermill parameters, an output folder, the embedded
+synthetic data when no dataset root is given, a progress switch (``TQDM_DISABLE``) and a metrics JSON with the
+parameters, the model's identity, the elapsed time and the library versions.
 
 >>> run = NotebookRun("01_feature_extraction_per_layer", dict(model="mini"), out_dir="../figures")  # doctest: +SKIP
 >>> root, synthetic = run.dataset_root("spair", "")                  # "" → the embedded synthetic data
@@ -32,24 +31,27 @@ __all__ = ["SUMMARY_COLUMNS", "NotebookRun", "dataset_tag", "model_tag", "output
            "show_progress", "training_curves", "training_table"]
 
 
+def _safe(text: str) -> str:
+    """``text`` with runs of characters outside ``[A-Za-z0-9._-]`` as ``-``, no leading / trailing ``-`` or ``.``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+
+
 def model_tag(model: str) -> str:
     """A short file-system-safe tag for a model: ``"tiny"`` → ``"tiny"``; a hub id ``"owner/name"`` →
-    ``"owner--name"``; a local folder → its folder name. Other characters outside ``[A-Za-z0-9._-]`` become
-    ``-``."""
+    ``"owner--name"``; a local folder → its folder name."""
     model = str(model).strip()
     if not model:
         raise ValueError("model must not be empty")
     path = Path(model).expanduser()
     if path.is_dir() or model.startswith((".", "/", "~")):
         model = path.resolve().name or "model"
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "--")).strip("-.")
-    return tag or "model"
+    return _safe(model.replace("/", "--")) or "model"
 
 
 def dataset_tag(dataset: str, synthetic: bool) -> str:
     """``"spair"`` or, for the embedded generated data, ``"spair-synthetic"`` (so a figure made on generated
     images is never mistaken for one made on the benchmark)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(dataset).strip().lower()).strip("-.")
+    name = _safe(str(dataset).strip().lower())
     if not name:
         raise ValueError("dataset must not be empty")
     return f"{name}-synthetic" if synthetic else name
@@ -70,27 +72,19 @@ def provenance() -> dict:
     import diffusers
     import transformers
 
-    return {
-        "sd4match_version": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "machine": platform.platform(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return {"sd4match_version": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.platform(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
     """JSON-ready records of a table: Python numbers and strings, NaN → ``None``."""
-    out = []
-    for row in frame.to_dict("records"):
-        clean = {}
-        for k, v in row.items():
-            v = v.item() if isinstance(v, np.generic) else v
-            clean[str(k)] = None if isinstance(v, float) and not math.isfinite(v) else v
-        out.append(clean)
-    return out
+    def clean(v):
+        v = v.item() if isinstance(v, np.generic) else v
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return [{str(k): clean(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 class NotebookRun:
@@ -99,7 +93,6 @@ class NotebookRun:
     Args:
         notebook: the notebook's name, e.g. ``"01_feature_extraction_per_layer"`` (its number prefixes the files).
         parameters: the papermill parameters as given (recorded under ``settings``).
-        out_dir: folder for figures and the metrics JSON.
         cpu_threads: torch CPU threads (0 keeps torch's default).
         synthetic_root: where the embedded synthetic data is generated (or reused).
     """
@@ -119,11 +112,7 @@ class NotebookRun:
 
     def dataset_root(self, dataset: str, data_root: str | Path = "") -> tuple[Path, bool]:
         """``(root, synthetic)``: ``data_root`` as given, or (when empty) the embedded synthetic data's folder for
-        ``dataset``, generated on first use.
-
-        Raises:
-            ValueError: an unknown dataset.
-        """
+        ``dataset``, generated on first use; ``ValueError`` for an unknown dataset."""
         from .data import DATASETS, ensure_synthetic
 
         if dataset not in DATASETS:
@@ -143,9 +132,7 @@ class NotebookRun:
         """Write ``body`` as JSON (atomically) with the notebook's name, its parameters (merged under
         ``settings`` with ``body["settings"]``), the model's identity, the figures' file names, the elapsed time
         and :func:`provenance`."""
-        body = dict(body)
-        metrics = {"notebook": self.notebook, **body,
-                   "settings": {**self.parameters, **body.get("settings", {})}}
+        metrics = {"notebook": self.notebook, **body, "settings": {**self.parameters, **body.get("settings", {})}}
         if sd is not None:
             metrics["model"] = sd.identity
         if figures is not None:
@@ -162,11 +149,8 @@ SUMMARY_COLUMNS = ("run", "reused", "steps", "total_steps", "val_pck_before", "v
 
 
 def training_table(runs: Mapping[str, str | Path], reused: Mapping[str, bool] | None = None) -> pd.DataFrame:
-    """One row per run (``{label: folder}``): ``prompt`` then :data:`SUMMARY_COLUMNS` from its ``summary.json``.
-
-    Raises:
-        FileNotFoundError: a folder without a readable ``summary.json``.
-    """
+    """One row per run (``{label: folder}``): ``prompt`` then :data:`SUMMARY_COLUMNS` from its ``summary.json``;
+    ``FileNotFoundError`` for a folder without a readable one."""
     rows = []
     for label, folder in runs.items():
         summary = read_json(Path(folder) / "summary.json")
@@ -178,8 +162,8 @@ def training_table(runs: Mapping[str, str | Path], reused: Mapping[str, bool] | 
 
 
 def training_curves(runs: Mapping[str, str | Path]) -> pd.DataFrame:
-    """Every run's ``log.csv`` (``{label: folder}``) stacked behind a ``prompt`` column (``loss`` is NaN on validation rows, ``val_pck`` on
-    training rows)."""
+    """Every run's ``log.csv`` (``{label: folder}``) stacked behind a ``prompt`` column (``loss`` is NaN on
+    validation rows, ``val_pck`` on training rows)."""
     frames = [pd.read_csv(Path(folder) / "log.csv", dtype={"kind": str}) for folder in runs.values()]
     frames = [f.insert(0, "prompt", label) or f for label, f in zip(runs, frames)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["prompt"])

@@ -1,13 +1,10 @@
 """Settings dataclasses whose fields declare their command-line option and whether they change a run's result.
 
-A field declared with :func:`option` carries, in its ``dataclasses`` metadata, the option's help text (and its
-flag, type, choices or command-line default where those differ from what the field implies) and ``result``:
-whether the field changes what the run computes. From such a dataclass :func:`add_options` declares the argparse
-options, :func:`from_args` builds the settings from the parsed arguments (every field, so an option cannot be
-parsed and then dropped) and :func:`result_fields` gives the fields that change the result: what resume checks,
-cache keys and reuse decisions compare.
-
-:func:`shared` declares the fields every run kind has (model, precision, device, ...) with one help text.
+A field made with :func:`option` carries its option's help text (and flag, type, choices or command-line default
+where those differ from what the field implies) and ``result``: whether it changes what the run computes.
+:func:`add_options` declares the argparse options of such a dataclass, :func:`from_args` builds the settings from
+the parsed arguments (every field, so an option cannot be parsed and then dropped) and :func:`result_fields` gives
+what resume checks, cache keys and reuse decisions compare. :func:`shared` declares the fields every run kind has.
 """
 
 from __future__ import annotations
@@ -25,17 +22,12 @@ from .models import PRECISION_CHOICES
 def option(default=MISSING, help: str | None = None, *, result: bool = True, flag: str | None = None, type=None,
            choices=None, cli_default=MISSING, parse=None, one_of: str | None = None,
            default_factory=MISSING) -> Field:
-    """A dataclass field with its command-line option.
+    """A dataclass field with its command-line option (without a default: a required option).
 
     Args:
-        default, default_factory: as :func:`dataclasses.field`; a field without either is a required option.
-        help: the option's help text.
-        result: whether the field changes the run's result (predictions, learned prompt), bit for bit; False for
-            settings such as cache folders and checkpoint frequency. Only ``result=True`` fields are in
-            :func:`result_fields`.
+        result: whether the field changes the run's result bit for bit (False: cache folders, checkpoint frequency).
         flag: the option's spelling (default ``--field-name``).
         type: argparse ``type`` (default: the annotation's int / float / str; a ``bool`` field is a switch).
-        choices: the values the option accepts.
         cli_default: the option's default where it differs from the field's (e.g. ``"native"`` for ``type``).
         parse: applied by :func:`from_args` to the option's value (e.g. a comma list → a list).
         one_of: a group name; exactly one option of the group must be given.
@@ -80,10 +72,6 @@ def _flag(f: Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def _dest(f: Field) -> str:
-    return _flag(f).lstrip("-").replace("-", "_")
-
-
 def _base_type(annotation):
     """``int | None`` → int, ``str`` → str, ``list[str]`` → list."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -101,7 +89,7 @@ def add_options(parser: argparse.ArgumentParser, cls, exclude=(), only=None) -> 
         if f.name in exclude or (only is not None and f.name not in only) or not f.init:
             continue
         m = f.metadata
-        kwargs: dict = {"help": m.get("help")}  # dest: from the flag, as argparse derives it (see _dest)
+        kwargs: dict = {"help": m.get("help")}
         base = _base_type(hints[f.name])
         if base is bool and m.get("type") is None:
             kwargs["action"] = "store_true"
@@ -119,12 +107,10 @@ def add_options(parser: argparse.ArgumentParser, cls, exclude=(), only=None) -> 
                 kwargs["default"] = f.default_factory()
             elif not m.get("one_of"):
                 kwargs["required"] = True
-        target = parser
-        if m.get("one_of"):
-            if m["one_of"] not in groups:
-                groups[m["one_of"]] = parser.add_mutually_exclusive_group(required=True)
-            target = groups[m["one_of"]]
-        target.add_argument(_flag(f), **kwargs)
+        group = m.get("one_of")
+        if group and group not in groups:
+            groups[group] = parser.add_mutually_exclusive_group(required=True)
+        (groups[group] if group else parser).add_argument(_flag(f), **kwargs)
 
 
 def from_args(cls, args: argparse.Namespace, **values):
@@ -133,9 +119,10 @@ def from_args(cls, args: argparse.Namespace, **values):
     for f in fields(cls):
         if not f.init or f.name in values:
             continue
-        if not hasattr(args, _dest(f)):
+        dest = _flag(f).lstrip("-").replace("-", "_")  # as argparse derives it
+        if not hasattr(args, dest):
             raise AttributeError(f"{cls.__name__}.{f.name} has no command-line option ({_flag(f)})")
-        value = getattr(args, _dest(f))
+        value = getattr(args, dest)
         if f.metadata.get("parse") is not None and value is not None:
             value = f.metadata["parse"](value)
         values[f.name] = os.fspath(value) if isinstance(value, os.PathLike) else value

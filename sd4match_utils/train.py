@@ -1,17 +1,11 @@
 """Learning a prompt (SPEC §3–§5): Single, Class or CPM, with the UNet, VAE, text encoder (and DINOv2) frozen.
 
-Each optimiser step takes a *global batch* of ``batch_size × processes × grad_accum`` pairs in a seeded order,
-noises each image's latent once at the training timestep (SD 2-1: t = 261), reads one up-block (SD 2-1:
-``up_blocks[1]``; ``layer`` and the timesteps default to the model's recommended read-out) with the prompt as
-conditioning, and
-minimises the Gaussian-window cross-entropy. Gradients reach only the prompt. Under ``accelerate launch`` every
-process takes its share of the global batch and the prompt's gradient is averaged across processes before the
-step (the original code never synchronised its replicas), so N processes give the same prompt as one process
-with the same global batch.
-
-After every epoch the prompt is validated with nn-PCK@0.1 (one noise copy, test timestep) and the best one is kept.
-A single checkpoint file holds prompt, optimiser state and progress (written atomically), so ``resume=True``
-continues exactly where an interrupted run stopped: data order and noise are functions of (seed, epoch, step).
+Each optimiser step takes a seeded *global batch* of ``batch_size × processes × grad_accum`` pairs, noises each
+latent once at the training timestep, reads one up-block with the prompt as conditioning and minimises the
+Gaussian-window cross-entropy (gradients reach only the prompt). Under ``accelerate launch`` the prompt's gradient
+is averaged across processes, so N processes give the same prompt as one with the same global batch. Every epoch
+the prompt is validated (nn-PCK@0.1) and the best kept; one atomic checkpoint holds prompt, optimiser state and
+progress, and data order and noise are functions of (seed, epoch, step), so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -23,21 +17,25 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
-import pandas as pd
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .cache import atomic_save_tensors, atomic_write_bytes, atomic_write_json, locked_folder, read_json
-from .checks import check_device, check_img_size, check_limit, check_positive, check_writable_folder
-from .conditioning import CPM_FEATURES, CPM_MODES, Conditioning, ConditionalPrompt, LearnedPrompt, make_conditioning
-from .data import DATASETS
+from .checks import check_device, check_has_pairs, check_img_size, check_limit, check_positive, check_writable_folder
+from .conditioning import CPM_FEATURES, CPM_MODES, ConditionalPrompt, LearnedPrompt, make_conditioning
+from .data import DATASETS, DEFAULT_IMG_SIZE, load_dataset
+from .dino import DEFAULT_DINO_ID, DinoFeatures
+from .evaluate import apply_recommended, predict
 from .features import FeatureExtractor, add_noise, unet_readout
 from .loss import batch_loss
+from .metrics import pck_records
+from .models import ModelNotAvailableError, recommended_for, resolve_precision
 from .settings import option, result_fields, shared
 
 PROMPT_TYPES = ("single", "class", "cpm")
@@ -45,8 +43,6 @@ LOG_COLUMNS = ["kind", "step", "epoch", "loss", "val_pck", "lr", "pairs_seen", "
 #: The files of a training run in its folder (a started or finished run holds some of them).
 RUN_FILES = ("checkpoint.safetensors", "prompt_best.safetensors", "prompt_last.safetensors", "log.csv",
              "summary.json", "settings.json")
-
-
 #: Settings that change the learned prompt but may differ when a run is resumed (to train it longer).
 RUN_LENGTH = ("epochs", "max_steps")
 
@@ -57,10 +53,9 @@ class RunExistsError(ValueError):
 
 @dataclass
 class TrainSettings:
-    """Everything that determines a training run (saved as ``settings.json`` and in every prompt file).
-
-    Each field declares its ``sd4match train`` option and whether it changes the learned prompt (``result``, see
-    :mod:`~sd4match_utils.settings`); those that do, but the run length, must match when a run is resumed."""
+    """Everything that determines a training run (saved as ``settings.json`` and in every prompt file); each field
+    declares its ``sd4match train`` option and whether it changes the learned prompt (see
+    :mod:`~sd4match_utils.settings`): those that do, but the run length, must match when a run is resumed."""
 
     prompt_type: str = option(choices=PROMPT_TYPES)
     dataset: str = option(choices=DATASETS)
@@ -105,8 +100,6 @@ class TrainSettings:
 
     def __post_init__(self):
         if self.dino is None:
-            from .dino import DEFAULT_DINO_ID
-
             self.dino = self.model if self.model in ("tiny", "mini") else DEFAULT_DINO_ID
 
     def check(self) -> None:
@@ -114,10 +107,8 @@ class TrainSettings:
             raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {self.prompt_type!r}")
         if self.epochs is None and self.max_steps is None:
             raise ValueError("give epochs or max_steps")
-        for name in ("batch_size", "grad_accum", "save_every"):
-            check_positive(name, getattr(self, name))
-        check_positive("epochs", self.epochs, allow_none=True)
-        check_positive("max_steps", self.max_steps, allow_none=True)
+        for name in ("batch_size", "grad_accum", "save_every", "epochs", "max_steps"):
+            check_positive(name, getattr(self, name), allow_none=name in RUN_LENGTH)
         check_img_size(self.img_size)
         check_limit("train_limit", self.train_limit)
         check_limit("val_limit", self.val_limit)
@@ -126,8 +117,6 @@ class TrainSettings:
 
 def _process_state(device: str):
     """(rank, world size, torch device); uses accelerate's process group when launched with several processes."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
@@ -140,11 +129,6 @@ def _all_reduce_mean(t: torch.Tensor, world: int) -> None:
     if world > 1:
         torch.distributed.all_reduce(t)
         t /= world
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -162,12 +146,10 @@ def _pair_noise(seed: int, step: int, slot: int, shape) -> torch.Tensor:
 
 @contextmanager
 def gradient_checkpointing(unet, enabled: bool = True):
-    """Recompute the UNet's block activations in the backward pass instead of storing them (less memory, more time)
-    for the duration of the ``with`` block; the UNet is left as it was afterwards.
+    """Recompute the UNet's block activations in the backward pass instead of storing them, within the ``with``.
 
-    diffusers checkpoints a block when gradients are enabled and its ``gradient_checkpointing`` flag is set (some
-    versions also require the block's ``training`` flag): the flags are set on exactly those blocks, so the frozen
-    UNet's other modules (dropout) stay in eval mode and the numbers do not change."""
+    diffusers checkpoints a block when its ``gradient_checkpointing`` (and, in some versions, ``training``) flag is
+    set: only those blocks' flags are set, so the other modules (dropout) stay in eval mode and the numbers hold."""
     if not enabled:
         yield
         return
@@ -190,24 +172,11 @@ def make_prompt(settings: TrainSettings, sd, categories: list[str]):
     """A freshly initialised prompt module of ``settings.prompt_type`` (:class:`LearnedPrompt` or, for ``"cpm"``,
     :class:`ConditionalPrompt` with its DINOv2 attached)."""
     if settings.prompt_type == "cpm":
-        from .dino import DinoFeatures
-
         dino = DinoFeatures(settings.dino, device=sd.device, cache_dir=settings.dino_cache)
         return ConditionalPrompt.initialise(sd, dino, settings.n_global, settings.n_cond, settings.cpm_mode,
                                             settings.cpm_features, settings.lr_linear, settings.seed)
     cats = categories if settings.prompt_type == "class" else None
     return LearnedPrompt.initialise(sd, settings.prompt_type, cats, settings.n_tokens, settings.init, settings.seed)
-
-
-def validate(sd, prompt: Conditioning, dataset, extractor: FeatureExtractor, limit: int | None = None) -> float:
-    """nn-PCK@0.1 (per image, resized space, percent) of ``prompt`` on ``dataset``."""
-    from .evaluate import predict
-    from .metrics import pck_records
-
-    df = predict(dataset, extractor, make_conditioning(sd, prompt), ["nn"], extractor.layers[0], limit,
-                 progress=False)
-    recs = pck_records(df, alphas=(0.1,), spaces=("resized",), img_size=dataset.img_size, by_category=False)
-    return next(r["pck"] for r in recs if r["averaging"] == "per_image")
 
 
 class Trainer:
@@ -219,31 +188,24 @@ class Trainer:
     """
 
     def __init__(self, settings: TrainSettings, out_dir: str | Path, sd=None, progress: bool = True):
-        from .data import load_dataset
         from .models import load_sd
 
-        from .checks import check_has_pairs
-        from .data import DEFAULT_IMG_SIZE
-
         settings.check()
-        self.s, self.out = settings, Path(out_dir)
+        self.out = Path(out_dir)
         self.rank, self.world, self.device = _process_state(settings.device)
         # the splits' indexes first: an empty split (or limit 0) fails here, before the model loads
         size0 = settings.img_size or DEFAULT_IMG_SIZE
-        train_set = load_dataset(settings.dataset, settings.data_root, settings.train_split, size0)
-        val_set = load_dataset(settings.dataset, settings.data_root, settings.val_split, size0)
-        n = check_has_pairs(train_set, settings.train_limit, "training pairs")
-        check_has_pairs(val_set, settings.val_limit, "validation pairs")
-        global_batch = settings.batch_size * self.world * settings.grad_accum
-        if n // global_batch == 0:
-            raise ValueError(f"{n} training pairs cannot fill one global batch of {global_batch} "
+        splits = (settings.train_split, settings.val_split)
+        sets = [load_dataset(settings.dataset, settings.data_root, split, size0) for split in splits]
+        self.n_pairs = check_has_pairs(sets[0], settings.train_limit, "training pairs")
+        check_has_pairs(sets[1], settings.val_limit, "validation pairs")
+        self.global_batch = settings.batch_size * self.world * settings.grad_accum
+        self.steps_per_epoch = self.n_pairs // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.n_pairs} training pairs cannot fill one global batch of {self.global_batch} "
                              f"(batch_size × processes × grad_accum)")
-        from .evaluate import apply_recommended
-
         self.sd = sd if sd is not None else load_sd(settings.model, self.device, settings.precision)
         if settings.precision == "auto":  # record what it resolved to (the model's own precision)
-            from dataclasses import replace
-
             settings = replace(settings, precision=self.sd.identity.get("precision") or "auto")
         settings = self.s = apply_recommended(settings, self.sd.recommended, timestep_key="train_timestep")
         if settings.layer not in range(len(self.sd.unet.up_blocks)):
@@ -251,34 +213,22 @@ class Trainer:
                              f"got {settings.layer}")
         self.img_size = settings.img_size or self.sd.native_img_size
         if self.img_size != size0:
-            train_set = load_dataset(settings.dataset, settings.data_root, settings.train_split, self.img_size)
-            val_set = load_dataset(settings.dataset, settings.data_root, settings.val_split, self.img_size)
-        self.train_set, self.val_set = train_set, val_set
+            sets = [load_dataset(settings.dataset, settings.data_root, split, self.img_size) for split in splits]
+        self.train_set, self.val_set = sets
         self.progress = progress and self.rank == 0
         self.prompt = make_prompt(settings, self.sd, self.train_set.categories).to(self.device)
         self.optimizer = torch.optim.Adam(self.prompt.param_groups(settings.lr))
         use_scaler = settings.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.latents = FeatureExtractor(self.sd, layers=(settings.layer,), timestep=settings.timestep, ensemble=1,
-                                        latent=settings.latent, img_size=self.img_size, seed=settings.seed)
-        self.val_extractor = FeatureExtractor(self.sd, layers=(settings.layer,), timestep=settings.val_timestep,
-                                              ensemble=1,
-                                              latent=settings.latent, img_size=self.img_size, seed=settings.seed)
-        n = len(self.train_set) if settings.train_limit is None else min(settings.train_limit, len(self.train_set))
-        self.n_pairs = n
-        self.global_batch = settings.batch_size * self.world * settings.grad_accum
-        self.steps_per_epoch = n // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{n} training pairs cannot fill one global batch of {self.global_batch} "
-                             f"(batch_size × processes × grad_accum)")
-        total = settings.max_steps if settings.max_steps is not None else settings.epochs * self.steps_per_epoch
-        if settings.epochs is not None:
-            total = min(total, settings.epochs * self.steps_per_epoch)
-        self.total_steps = total
+        extractor = partial(FeatureExtractor, self.sd, layers=(settings.layer,), ensemble=1, latent=settings.latent,
+                            img_size=self.img_size, seed=settings.seed)
+        self.latents = extractor(timestep=settings.timestep)
+        self.val_extractor = extractor(timestep=settings.val_timestep)
+        # the shorter of the lengths given
+        self.total_steps = min(settings.max_steps or math.inf, (settings.epochs or math.inf) * self.steps_per_epoch)
         self.step, self.best_pck, self.best_step, self.log_rows = 0, -math.inf, 0, []
         self._log_saved, self._log_bytes = 0, 0  # rows of log_rows in log.csv, and that file's length
 
-    # -------------------------------------------------------------------------------------------- state
     def _meta(self) -> dict:
         return {"settings": asdict(self.s), "global_batch": self.global_batch, "processes": self.world,
                 "img_size": self.img_size}
@@ -299,8 +249,6 @@ class Trainer:
         self.prompt.save(self.out / "prompt_last.safetensors", self.sd, {"step": self.step, **self._meta()})
 
     def load_checkpoint(self) -> bool:
-        from safetensors import safe_open
-
         path = self.out / "checkpoint.safetensors"
         if not path.is_file():
             return False
@@ -321,7 +269,8 @@ class Trainer:
                 _, i, name = key.split(".", 2)
                 state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v.reshape(())
         if state:
-            self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+            groups = self.optimizer.state_dict()["param_groups"]
+            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         progress = json.loads(meta["progress"])
         self.step, self.best_pck, self.best_step = progress["step"], progress["best_pck"], progress["best_step"]
         if progress.get("scaler") and self.scaler.is_enabled():
@@ -330,9 +279,8 @@ class Trainer:
         return True
 
     def _restore_log(self, log_bytes: int | None) -> None:
-        """Cut ``log.csv`` back to what the checkpoint saw and read its rows: rows appended after it (a crash between
-        the log append and the checkpoint write) and a half-written row go, so the resumed run continues the file
-        with exactly the rows an uninterrupted run writes next."""
+        """Cut ``log.csv`` back to what the checkpoint saw (rows appended after it, a half-written row go) and read
+        its rows, so the resumed run continues the file with exactly the rows an uninterrupted run writes next."""
         path = self.out / "log.csv"
         data = path.read_bytes() if path.is_file() else b""
         if log_bytes is not None and len(data) >= log_bytes:
@@ -352,9 +300,8 @@ class Trainer:
         self._log_saved, self._log_bytes = len(self.log_rows), len(data)
 
     def _write_log(self) -> None:
-        """Add the rows not yet in ``log.csv`` at its end (the header with the first ones): each row is written once,
-        not the whole log at every save. A crash mid-write leaves at most a partial tail beyond the length the last
-        checkpoint recorded, which :meth:`_restore_log` cuts off on resume."""
+        """Append the rows not yet in ``log.csv`` (a new log is written whole, with its header); a crash mid-write
+        leaves at most a tail beyond the length the last checkpoint recorded, cut off on resume."""
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
         if self._log_bytes == 0:
@@ -373,9 +320,12 @@ class Trainer:
                 os.fsync(f.fileno())
         self._log_saved, self._log_bytes = len(self.log_rows), self._log_bytes + len(data)
 
-    # --------------------------------------------------------------------------------------------- steps
-    def _micro_batch(self, k: int) -> list[int]:
-        """Dataset indices of this process's micro-batch ``k`` at the current step (and their global slots)."""
+    def _log(self, kind: str, epoch, loss="", val_pck="", seconds=0.0) -> None:
+        self.log_rows.append({"kind": kind, "step": self.step, "epoch": epoch, "loss": loss, "val_pck": val_pck,
+                              "lr": self.s.lr, "pairs_seen": self.step * self.global_batch, "seconds": seconds})
+
+    def _micro_batch(self, k: int) -> list[tuple[int, int]]:
+        """``(dataset index, slot in the global batch)`` of this process's micro-batch ``k`` at the current step."""
         epoch, within = divmod(self.step, self.steps_per_epoch)
         order = epoch_order(self.n_pairs, self.s.seed, epoch)
         start = within * self.global_batch + (k * self.world + self.rank) * self.s.batch_size
@@ -392,7 +342,10 @@ class Trainer:
         cond = cond.repeat_interleave(2, dim=0)  # both images of a pair share the pair's prompt
         feats = unet_readout(self.sd.unet, z_t.to(self.sd.dtype), self.s.timestep, cond, (self.s.layer,))[self.s.layer]
         f = feats.unflatten(0, (len(samples), 2))
-        kps = lambda attr: [torch.as_tensor(getattr(s, attr), dtype=torch.float32, device=z0.device) for s in samples]  # noqa: E731
+
+        def kps(attr):
+            return [torch.as_tensor(getattr(s, attr), dtype=torch.float32, device=z0.device) for s in samples]
+
         return batch_loss(f[:, 0], f[:, 1], kps("src_kps_r"), kps("trg_kps_r"), self.img_size)
 
     def train_step(self) -> float:
@@ -414,7 +367,13 @@ class Trainer:
         return float(total)
 
     def run_validation(self) -> float:
-        pck = validate(self.sd, self.prompt, self.val_set, self.val_extractor, self.s.val_limit) if self.rank == 0 else 0.0
+        """nn-PCK@0.1 (per image, resized space, percent) of the prompt on the validation split."""
+        pck = 0.0
+        if self.rank == 0:
+            df = predict(self.val_set, self.val_extractor, make_conditioning(self.sd, self.prompt), ["nn"],
+                         self.s.layer, self.s.val_limit, progress=False)
+            recs = pck_records(df, alphas=(0.1,), spaces=("resized",), img_size=self.img_size, by_category=False)
+            pck = next(r["pck"] for r in recs if r["averaging"] == "per_image")
         if self.world > 1:  # only the main process validates; the others take its number
             t = torch.tensor([pck], dtype=torch.float64)
             torch.distributed.broadcast(t, 0)
@@ -424,37 +383,32 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train to ``total_steps`` (resuming from the checkpoint when ``resume``); returns the summary."""
         self.out.mkdir(parents=True, exist_ok=True)
-        resumed = self.load_checkpoint() if resume else False
-        if not resumed and self.rank == 0:
-            atomic_write_json(self.out / "settings.json", {**self._meta(), "model": self.sd.identity})
-        if not resumed:
+        if not (resume and self.load_checkpoint()):
+            if self.rank == 0:
+                atomic_write_json(self.out / "settings.json", {**self._meta(), "model": self.sd.identity})
             pck0 = self.run_validation()
-            self.log_rows.append({"kind": "val", "step": 0, "epoch": 0, "loss": "", "val_pck": pck0,
-                                  "lr": self.s.lr, "pairs_seen": 0, "seconds": 0.0})
+            self._log("val", 0, val_pck=pck0)
             self._consider_best(pck0)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.s.prompt_type}",
                    disable=not self.progress, unit="step")
         t0 = time.perf_counter()
         while self.step < self.total_steps:
             loss = self.train_step()
-            epoch = self.step / self.steps_per_epoch
-            self.log_rows.append({"kind": "train", "step": self.step, "epoch": round(epoch, 4), "loss": loss,
-                                  "val_pck": "", "lr": self.s.lr, "pairs_seen": self.step * self.global_batch,
-                                  "seconds": round(time.perf_counter() - t0, 3)})
+            epoch = round(self.step / self.steps_per_epoch, 4)
+            self._log("train", epoch, loss=loss, seconds=round(time.perf_counter() - t0, 3))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                 pck = self.run_validation()
-                self.log_rows.append({"kind": "val", "step": self.step, "epoch": round(epoch, 4), "loss": "",
-                                      "val_pck": pck, "lr": self.s.lr, "pairs_seen": self.step * self.global_batch,
-                                      "seconds": round(time.perf_counter() - t0, 3)})
+                self._log("val", epoch, val_pck=pck, seconds=round(time.perf_counter() - t0, 3))
                 self._consider_best(pck)
                 self.save_checkpoint()
             elif self.step % self.s.save_every == 0:
                 self.save_checkpoint()
         bar.close()
         self.save_checkpoint()
-        _barrier(self.world)
+        if self.world > 1:
+            torch.distributed.barrier()
         return self.summary()
 
     def _consider_best(self, pck: float) -> None:
@@ -477,58 +431,34 @@ class Trainer:
         return s
 
 
-def existing_run_files(out_dir) -> list[str]:
-    """The files of a training run (:data:`RUN_FILES`) present in ``out_dir``."""
-    out = Path(out_dir)
-    return [name for name in RUN_FILES if (out / name).exists()]
-
-
 def train(settings: TrainSettings, out_dir, resume: bool = False, sd=None, progress: bool = True,
           overwrite: bool = True) -> dict:
     """Train a Single, Class or CPM prompt; see :class:`Trainer` for the files written.
 
     The folder is locked for the duration of the run (a second run on it fails at once with
     :class:`~sd4match_utils.cache.FolderLockedError`). Without ``resume``, a folder that already holds a run is
-    refused with :class:`RunExistsError` unless ``overwrite`` (the command line passes ``--overwrite``, default
-    off); when overwriting, the old run's files are removed before anything else so that old and new never mix."""
-    import os
-
+    refused with :class:`RunExistsError` unless ``overwrite``; when overwriting, the old run's files are removed
+    before anything else so that old and new never mix."""
     settings.check()
     out = Path(out_dir)
     check_writable_folder(out)
-    found = existing_run_files(out)
+    found = [name for name in RUN_FILES if (out / name).exists()]
     if found and not resume and not overwrite:
         raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}): pass --resume to continue "
                              f"it or --overwrite to replace it")
     rank = int(os.environ.get("RANK", "0"))
-    lock = locked_folder(out, "train") if rank == 0 else _no_lock()
-    with lock:
+    with locked_folder(out, "train") if rank == 0 else nullcontext():
         if found and not resume and rank == 0:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
         return Trainer(settings, out_dir, sd=sd, progress=progress).fit(resume=resume)
 
 
-@contextmanager
-def _no_lock():
-    yield
-
-
-# --------------------------------------------------------------------------------------------------------------
 # runs named by their settings: a notebook re-run, or two ablations sharing a setting, train once
-# --------------------------------------------------------------------------------------------------------------
-
-
 def run_identity(settings: TrainSettings | dict) -> dict:
-    """The settings that define what a run learns: the fields that change the result (``result=True`` in
-    :mod:`~sd4match_utils.settings`), with the model's recommended read-out filled in, ``precision="auto"``
-    resolved and ``data_root`` made absolute. Fields left at their default are dropped, so a field added later
-    with a default neither renames old runs nor stops their reuse."""
-    from dataclasses import MISSING, fields
-
-    from .evaluate import apply_recommended
-    from .models import ModelNotAvailableError, recommended_for, resolve_precision
-
+    """The settings that define what a run learns: the ``result`` fields, with the model's recommended read-out
+    filled in, ``precision="auto"`` resolved and ``data_root`` made absolute. Fields left at their default are
+    dropped, so a field added later with a default neither renames old runs nor stops their reuse."""
     s = asdict(settings) if isinstance(settings, TrainSettings) else dict(settings)
     try:
         s = apply_recommended(s, recommended_for(s.get("model", "tiny")), timestep_key="train_timestep")
@@ -538,9 +468,8 @@ def run_identity(settings: TrainSettings | dict) -> dict:
         s["precision"] = resolve_precision("auto", s.get("device", "cpu"), s.get("model"))
     if s.get("data_root"):
         s["data_root"] = str(Path(s["data_root"]).expanduser().resolve())
-    defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
-    kept = {f.name for f in fields(TrainSettings) if f.metadata.get("result", True)}
-    return {k: v for k, v in s.items() if k in kept and not (k in defaults and v == defaults[k])}
+    kept = {f.name: f.default for f in fields(TrainSettings) if f.metadata.get("result", True)}
+    return {k: v for k, v in s.items() if k in kept and v != kept[k]}
 
 
 def run_dir(settings: TrainSettings, out_root: str | Path, model_fingerprint: str = "") -> Path:

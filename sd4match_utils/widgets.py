@@ -1,17 +1,10 @@
-"""The quick-start notebook's widgets: the click match explorer and the keypoint annotator (notebook 00).
+"""The quick-start notebook's widgets (notebook 00): :class:`MatchExplorer` (click a source point, see where it
+lands on the target under several prompts, via :func:`~sd4match_utils.explore.explore_click`) and
+:class:`AnnotatorWidget` (the :class:`~sd4match_utils.data.custom.Annotator` behind clicks on the image).
 
-:class:`MatchExplorer`: click a point on the source image and see, for several prompts side by side, where it lands
-on the target (the maths is :func:`~sd4match_utils.explore.explore_click`: the prediction, the cosine heat-map of
-the point against every target cell and the ``k`` best distinct cells), drawn as PNGs by
-:func:`~sd4match_utils.viz.render_target_png`.
-:class:`AnnotatorWidget` puts the keypoint :class:`~sd4match_utils.data.custom.Annotator` (which edits
-``annotations.json`` of a custom dataset point by point) behind clicks on the image.
-
-Coordinates: the explorer works in ``(x, y)`` pixels of the images resized to ``img_size × img_size`` (the paper's
-space), the annotator in pixels of the original image. Clicks arrive from the browser as fractions ``(u, v)`` of
-the displayed image (:func:`fraction_to_pixel`). The click widget is a tiny ``anywidget`` with inline JavaScript
-(no ipympl, no JupyterLab extension to build); it mirrors what it shows into the ``data-sd4m-state`` attribute of
-its ``<img class="sd4m-click-image">``, so a browser test can read it.
+The explorer works in ``(x, y)`` pixels of the images resized to ``img_size × img_size``, the annotator in pixels of
+the original image. Clicks come from :class:`ClickImage`, a tiny ``anywidget`` with inline JavaScript, as fractions
+``(u, v)`` of the displayed image; it mirrors its ``state`` into ``data-sd4m-state`` for browser tests.
 """
 
 from __future__ import annotations
@@ -25,10 +18,9 @@ import anywidget
 import numpy as np
 import torch
 import traitlets
-from PIL import Image
 from torch import Tensor
 
-from .data.custom import Annotator
+from .data.custom import IMAGE_SUFFIXES, Annotator
 from .data.images import load_rgb
 from .explore import ClickResult, explore_click
 from .matching import MATCHERS
@@ -43,8 +35,7 @@ def fraction_to_pixel(u: float, v: float, width: int, height: int | None = None)
     (default square): pixel ``i`` covers ``[i/W, (i+1)/W)``, so ``x = u·W − 0.5``, clamped to ``[0, W − 1]``."""
     height = width if height is None else height
     x = min(max(float(u) * width - 0.5, 0.0), width - 1.0)
-    y = min(max(float(v) * height - 0.5, 0.0), height - 1.0)
-    return x, y
+    return x, min(max(float(v) * height - 0.5, 0.0), height - 1.0)
 
 
 def nearest_keypoint(xy, kps, radius: float) -> int | None:
@@ -59,10 +50,13 @@ def nearest_keypoint(xy, kps, radius: float) -> int | None:
 @torch.no_grad()
 def pair_features(sd, sample, prompts: Mapping[str, str], layer: int = 1, timestep: int = 50, ensemble: int = 2,
                   img_size: int | None = None, seed: int = 0, batch_size: int = 8) -> dict[str, tuple[Tensor, Tensor]]:
-    """Features ``{label: (src (C, h, w), trg (C, h, w))}`` (float32, CPU) of a pair's two images under each prompt
-    ``{label: "empty" | "text" | learned prompt file}`` of a loaded model ``sd``. ``sample``: anything with
-    ``src_image``, ``trg_image`` (PIL) and ``category`` (a ``PairSample``, or a ``SimpleNamespace`` for two photos
-    of your own); the rest as in :class:`~sd4match_utils.features.FeatureExtractor`."""
+    """Features ``{label: (src, trg)}`` (float32, CPU) of a pair's two images under each prompt ``{label: "empty" |
+    "text" | learned prompt file}`` of a loaded model ``sd``; ``sample`` needs ``src_image``, ``trg_image`` (PIL) and
+    ``category``; the rest as in :class:`~sd4match_utils.features.FeatureExtractor`.
+
+    Shape:
+        - Output: each value a pair :math:`(C, h, w)`, :math:`(C, h, w)`
+    """
     from .conditioning import make_conditioning
     from .features import FeatureExtractor
 
@@ -78,12 +72,8 @@ def pair_features(sd, sample, prompts: Mapping[str, str], layer: int = 1, timest
 
 _CLICK_ESM = r"""
 function render({ model, el }) {
-  const img = document.createElement("img");
-  img.className = "sd4m-click-image";
-  img.draggable = false;
-  img.style.cursor = "crosshair";
-  img.style.display = "block";
-  img.style.maxWidth = "none";
+  const img = Object.assign(document.createElement("img"), { className: "sd4m-click-image", draggable: false });
+  Object.assign(img.style, { cursor: "crosshair", display: "block", maxWidth: "none" });
   const sync = () => {
     img.src = "data:image/png;base64," + model.get("png");
     img.style.width = model.get("width") + "px";
@@ -99,28 +89,19 @@ function render({ model, el }) {
     model.set("click", [u, v, n]);
     model.save_changes();
   });
-  model.on("change:png", sync);
-  model.on("change:width", sync);
-  model.on("change:state", sync);
+  const events = ["change:png", "change:width", "change:state"];
+  events.forEach((name) => model.on(name, sync));
   sync();
   el.appendChild(img);
-  return () => {
-    model.off("change:png", sync);
-    model.off("change:width", sync);
-    model.off("change:state", sync);
-  };
+  return () => events.forEach((name) => model.off(name, sync));
 }
 export default { render };
 """
 
 
 class ClickImage(anywidget.AnyWidget):
-    """A PNG that reports clicks (an ``anywidget`` with inline JavaScript).
-
-    ``click`` becomes ``[u, v, n]``: fractions of the displayed image, and a counter so that clicking the same
-    spot twice still fires. ``state`` is mirrored into the image's ``data-sd4m-state`` attribute (JSON) so that
-    a browser test can read what the widget shows.
-    """
+    """A PNG that reports clicks: ``click`` becomes ``[u, v, n]``, fractions of the displayed image and a counter
+    (so that clicking the same spot twice still fires); ``state`` is mirrored into ``data-sd4m-state`` (JSON)."""
 
     _esm = _CLICK_ESM
     png = traitlets.Unicode("").tag(sync=True)
@@ -137,9 +118,8 @@ class ClickImage(anywidget.AnyWidget):
         """Call ``callback(u, v)`` on every click."""
 
         def handler(change):
-            value = change["new"]
-            if isinstance(value, (list, tuple)) and len(value) >= 2:
-                callback(float(value[0]), float(value[1]))
+            if isinstance(change["new"], (list, tuple)) and len(change["new"]) >= 2:
+                callback(float(change["new"][0]), float(change["new"][1]))
 
         self.observe(handler, names="click")
 
@@ -151,21 +131,20 @@ def _fmt(xy) -> str:
 class MatchExplorer:
     """Click on the source image, see the match on the target for every prompt side by side.
 
-    Args:
-        src_image, trg_image: PIL images of the pair.
-        features: ``{label: (src (C, h, w), trg (C, h, w))}``, e.g. from :func:`pair_features`.
-        img_size: side of the resized images the features were computed at.
-        matcher: initial matcher (a dropdown changes it).
-        k: number of candidates shown (a slider changes it).
-        display_size: pixels per image panel.
-        src_kps, trg_kps: optional ``(N, 2)`` annotated keypoints in ``img_size`` pixels; a click within
-            ``snap_radius`` of a source keypoint shows that keypoint's ground truth on the targets.
-        thr: optional PCK threshold (``img_size`` pixels) to report errors in units of it.
-        start_xy: the initial click (default: the first source keypoint, else the image centre).
-        snap_radius: see ``src_kps`` (default ``0.05 · img_size``).
+    ``explorer.widget`` is the box to display (``display(explorer)`` works too); ``explorer.click(x, y)`` does
+    what a click does and returns the results.
 
-    ``explorer.widget`` is the ipywidgets box to display (``display(explorer)`` works too);
-    ``explorer.click(x, y)`` does programmatically what a click does and returns the results.
+    Args:
+        features: ``{label: (src, trg)}``, e.g. from :func:`pair_features`, computed at ``img_size``.
+        matcher, k: initial matcher and number of candidates (a dropdown and a slider change them).
+        display_size: pixels per image panel.
+        src_kps, trg_kps: annotated keypoints; a click within ``snap_radius`` (default ``0.05 · img_size``) of a
+            source keypoint shows its ground truth on the targets.
+        thr: PCK threshold to report errors in units of it.
+        start_xy: the first click (default: the first source keypoint, else the image centre).
+
+    Shape:
+        - features: each value a pair :math:`(C, h, w)`, :math:`(C, h', w')`; src_kps, trg_kps: :math:`(N, 2)`
     """
 
     def __init__(self, src_image, trg_image, features: Mapping[str, tuple[Tensor, Tensor]], img_size: int, *,
@@ -181,14 +160,11 @@ class MatchExplorer:
         self.trg_kps = None if trg_kps is None else np.asarray(trg_kps, dtype=np.float64).reshape(-1, 2)
         self.snap_radius = 0.05 * self.img_size if snap_radius is None else float(snap_radius)
         self.n_clicks = 0
-        self.results: dict[str, ClickResult] = {}
-        self.gt_xy = None
-
         self.matcher_box = W.Dropdown(options=list(MATCHERS), value=matcher, description="matcher",
                                       layout=W.Layout(width="260px"))
         self.k_box = W.IntSlider(value=k, min=1, max=10, description="top-k", layout=W.Layout(width="260px"))
         self.source = ClickImage(width=self.display_size, alt="source image: click a point")
-        self.source.on_click(self._on_click)
+        self.source.on_click(lambda u, v: self.click(*fraction_to_pixel(u, v, self.img_size)))
         self.targets = {label: W.Image(format="png", width=self.display_size, layout=W.Layout(margin="0"))
                         for label in self.features}
         self.table = W.HTML()
@@ -205,30 +181,24 @@ class MatchExplorer:
         self.widget = W.VBox([heading, W.HBox([self.matcher_box, self.k_box]),
                               W.HBox(panels, layout=W.Layout(flex_flow="row wrap")), legend, self.table])
         self.widget.add_class("sd4m-explorer")
-        self.matcher_box.observe(lambda _: self.click(*self.click_xy), names="value")
-        self.k_box.observe(lambda _: self.click(*self.click_xy), names="value")
+        for box in (self.matcher_box, self.k_box):
+            box.observe(lambda _: self.click(*self.click_xy), names="value")
         if start_xy is None:
-            start_xy = self.src_kps[0] if self.src_kps is not None and len(self.src_kps) else (
-                (self.img_size - 1) / 2, (self.img_size - 1) / 2)
-        self.click_xy = (float(start_xy[0]), float(start_xy[1]))
-        self.click(*self.click_xy)
+            centre = (self.img_size - 1) / 2
+            start_xy = self.src_kps[0] if self.src_kps is not None and len(self.src_kps) else (centre, centre)
+        self.click(*start_xy)
 
     @classmethod
     def from_sample(cls, sample, features, **kwargs) -> "MatchExplorer":
         """An explorer on a :class:`~sd4match_utils.data.PairSample` (its keypoints and threshold included)."""
-        kwargs.setdefault("src_kps", sample.src_kps_r)
-        kwargs.setdefault("trg_kps", sample.trg_kps_r)
-        kwargs.setdefault("thr", sample.thr)
-        kwargs.setdefault("title", f"{sample.category}: {sample.src_name} → {sample.trg_name}")
+        kwargs = {"src_kps": sample.src_kps_r, "trg_kps": sample.trg_kps_r, "thr": sample.thr,
+                  "title": f"{sample.category}: {sample.src_name} → {sample.trg_name}", **kwargs}
         return cls(sample.src_image, sample.trg_image, features, sample.img_size, **kwargs)
 
     def _ipython_display_(self):
         from IPython.display import display
 
         display(self.widget)
-
-    def _on_click(self, u: float, v: float) -> None:
-        self.click(*fraction_to_pixel(u, v, self.img_size))
 
     def click(self, x: float, y: float) -> dict[str, ClickResult]:
         """Match the source point ``(x, y)`` (``img_size`` pixels, clamped to the image) under every prompt and
@@ -247,7 +217,8 @@ class MatchExplorer:
         self.table.value = self._table_html(snapped)
         self.source.state = {"click": [round(v, 3) for v in self.click_xy], "n": self.n_clicks,
                              "matcher": self.matcher_box.value,
-                             "pred": {label: [round(float(v), 3) for v in r.pred_xy] for label, r in self.results.items()}}
+                             "pred": {label: [round(float(v), 3) for v in r.pred_xy]
+                                      for label, r in self.results.items()}}
         return self.results
 
     def _table_html(self, snapped: int | None) -> str:
@@ -269,18 +240,11 @@ class MatchExplorer:
 
 
 class AnnotatorWidget:
-    """Click to place named keypoints on your photos; **Save** writes ``annotations.json``.
+    """Click to place named keypoints on your photos; **Undo** removes the last one, **Save** writes
+    ``annotations.json``. ``.widget`` is the box to display (``display(annotator_widget)`` works too).
 
-    Pick an image, type (or pick) its category and the name of the next keypoint, click on the image. After a
-    click the name moves on to the next name not yet placed on this image (the names given, then those already
-    used in the image's category). **Undo** removes the last
-    point placed. ``annotator_widget.widget`` is the box to display (``display(annotator_widget)`` works too).
-
-    Args:
-        annotator: the :class:`Annotator` holding the data.
-        names: the keypoint names you intend to place (in order); more can be typed.
-        category: default category of images not annotated yet.
-        display_size: width in pixels of the shown image.
+    After a click the name moves on to the next one not yet placed on this image (those given in ``names``, then
+    those already used in the category). ``category``: that of images not annotated yet.
     """
 
     def __init__(self, annotator: Annotator, names: Sequence[str] = (), category: str = "object",
@@ -298,13 +262,12 @@ class AnnotatorWidget:
         self.name_box = W.Combobox(options=planned, value=planned[0] if planned else "", description="keypoint",
                                    ensure_option=False)
         self.canvas = ClickImage(width=self.display_size, alt="click to place the keypoint")
-        self.canvas.on_click(self._on_click)
+        self.canvas.on_click(lambda u, v: self.click(*fraction_to_pixel(u, v, *self._image.size)))
         undo, save = W.Button(description="Undo last"), W.Button(description="Save", button_style="success")
         undo.on_click(lambda _: self.undo())
         save.on_click(lambda _: self.save())
         self.status = W.HTML()
-        self._history: list[tuple[str, str, tuple[float, float] | None]] = []
-        self._image: Image.Image | None = None
+        self._history: list[tuple[str, str, tuple[float, float] | None]] = []  # (image, name, previous xy)
         self.image_box.observe(lambda _: self._load_image(), names="value")
         self.widget = W.VBox([W.HBox([self.image_box, self.category_box]), W.HBox([self.name_box, undo, save]),
                               self.canvas, self.status])
@@ -334,8 +297,7 @@ class AnnotatorWidget:
 
     def _advance(self) -> None:
         placed = self.annotator.keypoints(self.image)
-        planned = self.planned()
-        self.name_box.options = planned
+        self.name_box.options = planned = self.planned()
         nxt = next((n for n in planned if n not in placed), None)
         if nxt is not None:
             self.name_box.value = nxt
@@ -345,10 +307,6 @@ class AnnotatorWidget:
         self.canvas.set_png(render_points_png(self._image, points, self.display_size, self.name_box.value))
         self.canvas.state = {"image": self.image, "points": {n: list(xy) for n, xy in points.items()}}
         self.status.value = html.escape(message)
-
-    def _on_click(self, u: float, v: float) -> None:
-        w, h = self._image.size
-        self.click(*fraction_to_pixel(u, v, w, h))
 
     def click(self, x: float, y: float) -> None:
         """Place the current keypoint name at ``(x, y)`` original pixels of the current image."""

@@ -1,34 +1,11 @@
 """CPM — the conditional prompting module (SPEC §4): part of the prompt is computed from the image pair.
 
-Prompt rows = ``[BOS | G global tokens | C conditional tokens | EOS]`` (G = 25, C = 50 in the paper, so 77 rows;
-shorter prompts are framed and padded like :class:`~sd4match_utils.conditioning.LearnedPrompt`), then the frozen
-CLIP text encoder (:func:`~sd4match_utils.conditioning.encode_rows`) gives the UNet's ``(B, 77, D)`` conditioning;
-both images of a pair get the same conditioning.
-
-Conditional branch, the paper's "Pair / DINO / Feat" variant, for DINOv2 patch features ``F_s, F_t`` of shape
-``(B, N, c)`` (N = 256 patches, c = 768 for ViT-B/14):
-
-1. ``X = [F_s | F_t]`` concatenated along channels, source first → ``(B, N, 2c)``;
-2. ``linear_C``: Linear(2c → D) over channels → ``(B, N, D)``;
-3. ``linear_N``: Linear(N → N) over the *patch* axis → ``(B, N, D)``;
-4. adaptive max-pool over the patch axis N → C → ``(B, C, D)``;
-5. ``(· + positional_embedding) ⊙ tanh(alpha_cond)``, both ``(1, C, D)``.
-
-The global branch is the learned ``global_embeds`` ``(1, G, D)``. Attribute names equal the official checkpoint's
-keys, so ``state_dict()`` has exactly ``global_embeds, positional_embedding, alpha_cond, linear_C.weight,
-linear_C.bias, linear_N.weight, linear_N.bias``.
-
-Ablation options (all supported by the paper's code):
-
-* ``n_global`` / ``n_cond``: G and C with G + C ≤ 75;
-* ``mode="image"``: condition on the *source* image only — step 1 is just ``F_s`` and ``linear_C`` is
-  Linear(c → D); the resulting prompt still conditions both images of the pair;
-* ``features="pooled"`` (the "Head" variant): each image is summarised by the mean of its N patch tokens
-  ``(B, 1, c)``, which is *repeated* N times so that steps 1–5 and every parameter shape stay exactly as in
-  the "Feat" variant (``linear_N`` then mixes N identical rows; the branch sees no spatial layout).
-
-The DINOv2 (:class:`~sd4match_utils.dino.DinoFeatures`) is attached as ``prompt.dino``, not as a sub-module: it
-is frozen, never saved in the prompt file (only its identity is) and never given to the optimiser.
+Prompt rows ``[global (1, G, D) | conditional (B, C, D)]`` are framed and encoded like a learned prompt; both
+images of a pair get the same conditioning. The conditional branch (the paper's "Pair / DINO / Feat") maps DINOv2
+patch features ``(B, N, c)`` through :meth:`ConditionalPrompt.conditional_tokens`. Ablations: ``n_global`` /
+``n_cond``, ``mode="image"`` (source features only) and ``features="pooled"`` ("Head": each image's mean patch
+token, repeated N times so that every parameter shape stays as in "Feat"). Attribute names equal the official
+``ckpt.pt`` keys (:data:`CPM_KEYS`). The frozen DINOv2 is attached as ``prompt.dino``, never saved nor trained.
 """
 
 from __future__ import annotations
@@ -55,25 +32,15 @@ def cpm_shapes(text_dim: int, dino_dim: int, n_global: int = 25, n_cond: int = 5
 
 
 class ConditionalPrompt(torch.nn.Module):
-    """The conditional prompting module, a :class:`~sd4match_utils.conditioning.Conditioning`.
+    """The conditional prompting module, a Conditioning.
 
-    Args:
-        text_dim: D, the width of the text encoder (1024 for SD 2-1).
-        dino_dim: c, the width of the DINOv2 features (768 for ViT-B/14).
-        n_global: G global tokens.
-        n_cond: C conditional tokens (G + C ≤ 75).
-        mode: ``"pair"`` (source and target features, the paper) or ``"image"`` (source only).
-        features: ``"patch"`` (the paper's "Feat") or ``"pooled"`` ("Head": the mean patch token, repeated).
-        n_patches: N, patch tokens per image (256 at 224 px with patch 14).
-        lr_linear: learning rate of ``linear_C`` and ``linear_N`` (:meth:`param_groups`; the paper: 1e-3).
-        seed: initialisation seed (the global RNG is left untouched).
-
-    Parameters (initialisation): ``global_embeds (1, G, D)``, ``positional_embedding (1, C, D)``,
-    ``alpha_cond (1, C, D)`` ~ U[0, 1); ``linear_C`` Linear(2c or c → D), ``linear_N`` Linear(N → N) with
-    PyTorch's default initialisation. All drawn from ``seed`` in that order.
+    ``text_dim`` D and ``dino_dim`` c are the widths, ``n_global`` / ``n_cond`` G and C (G + C ≤ 75), ``n_patches``
+    N; ``mode`` ``"pair"`` (the paper) or ``"image"`` (source only); ``features`` ``"patch"`` ("Feat") or
+    ``"pooled"`` ("Head"); ``lr_linear`` the linears' learning rate. ``seed`` draws, leaving the global RNG
+    untouched, the three embeddings ~ U[0, 1), then ``linear_C`` (2c or c → D) and ``linear_N`` (N → N).
     """
 
-    pair_dependent = True  # the conditioning depends on the images of each pair
+    pair_dependent = True
     kind = "cpm"
 
     def __init__(self, text_dim: int, dino_dim: int, n_global: int = 25, n_cond: int = 50, mode: str = "pair",
@@ -89,19 +56,17 @@ class ConditionalPrompt(torch.nn.Module):
         self.n_global, self.n_cond, self.mode, self.features = int(n_global), int(n_cond), mode, features
         self.n_patches, self.lr_linear, self.seed = int(n_patches), float(lr_linear), int(seed)
         self.text_dim, self.dino_dim = int(text_dim), int(dino_dim)
-        c_in = dino_dim * (2 if mode == "pair" else 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.global_embeds = torch.nn.Parameter(torch.rand(1, n_global, text_dim))
             self.positional_embedding = torch.nn.Parameter(torch.rand(1, n_cond, text_dim))
             self.alpha_cond = torch.nn.Parameter(torch.rand(1, n_cond, text_dim))
-            self.linear_C = torch.nn.Linear(c_in, text_dim)
+            self.linear_C = torch.nn.Linear(dino_dim * (2 if mode == "pair" else 1), text_dim)
             self.linear_N = torch.nn.Linear(n_patches, n_patches)
         self._dino = None
         self.dino_info: dict = {}  # identity of the DINOv2 (recorded in files), known even before it is loaded
         self._dino_loader = None  # builds the DINOv2 on first use (prompts loaded from files)
 
-    # ----------------------------------------------------------------------------------------------- DINOv2
     @property
     def dino(self):
         """The attached :class:`~sd4match_utils.dino.DinoFeatures` (built on first use for a loaded prompt)."""
@@ -127,59 +92,60 @@ class ConditionalPrompt(torch.nn.Module):
         prompt.dino = dino
         return prompt.to(sd.device)
 
-    # ---------------------------------------------------------------------------------------------- forward
     def branch_input(self, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """Step 1: ``(B, N, c)`` source (and target) features → ``(B, N, 2c)`` (pair) or ``(B, N, c)`` (image);
-        ``features="pooled"`` first replaces each image's tokens by their mean, repeated N times."""
+        """Step 1: source and target features concatenated along channels, source first (``"pooled"``: each
+        image's mean token, repeated N times); in the parameters' dtype and device.
+
+        Shape: ``src_feats, trg_feats (B, N, c)`` → ``(B, N, 2c)`` (pair) or ``(B, N, c)`` (image).
+        """
         feats = [src_feats] if self.mode == "image" else [src_feats, trg_feats]
         if any(f is None for f in feats):
             raise ValueError("CPM in 'pair' mode needs source and target features")
         if self.features == "pooled":
             feats = [f.mean(dim=1, keepdim=True).expand(-1, f.shape[1], -1) for f in feats]
-        x = torch.cat(feats, dim=2)
-        p = self.global_embeds
-        return x.to(device=p.device, dtype=p.dtype)
+        return torch.cat(feats, dim=2).to(device=self.global_embeds.device, dtype=self.global_embeds.dtype)
 
     def conditional_tokens(self, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """Steps 1–5: DINOv2 features ``(B, N, c)`` → the C conditional tokens ``(B, C, D)``."""
-        x = self.branch_input(src_feats, trg_feats)  # (B, N, 2c)
-        x = self.linear_C(x)  # (B, N, D)
-        x = self.linear_N(x.transpose(1, 2))  # (B, D, N): linear over the patch axis
-        x = F.adaptive_max_pool1d(x, self.n_cond).transpose(1, 2)  # (B, C, D)
-        return (x + self.positional_embedding) * torch.tanh(self.alpha_cond)
+        """Steps 1–5: the C conditional tokens.
+
+        Shape: ``src_feats, trg_feats (B, N, c)`` → ``(B, C, D)``.
+        """
+        x = self.linear_C(self.branch_input(src_feats, trg_feats))  # 2: (B, N, D)
+        x = self.linear_N(x.transpose(1, 2))  # 3: (B, D, N), linear over the patch axis
+        x = F.adaptive_max_pool1d(x, self.n_cond).transpose(1, 2)  # 4: max-pool N → C, (B, C, D)
+        return (x + self.positional_embedding) * torch.tanh(self.alpha_cond)  # 5
 
     def rows(self, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """The learned input rows ``[global | conditional]``: ``(B, G + C, D)``."""
+        """The learned input rows ``[global | conditional]``.
+
+        Shape: ``src_feats, trg_feats (B, N, c)`` → ``(B, G + C, D)``.
+        """
         cond = self.conditional_tokens(src_feats, trg_feats)
         return torch.cat([self.global_embeds.expand(cond.shape[0], -1, -1), cond], dim=1)
 
     def forward(self, sd, src_feats: torch.Tensor, trg_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """Conditioning ``(B, 77, D)`` (text encoder dtype) from DINOv2 features ``(B, N, c)`` of the pairs."""
+        """Conditioning (text encoder dtype) from the pairs' DINOv2 features.
+
+        Shape: ``src_feats, trg_feats (B, N, c)`` → ``(B, 77, D)``.
+        """
         return encode_rows(sd, self.rows(src_feats, trg_feats))
 
     def image_features(self, samples) -> tuple[torch.Tensor, torch.Tensor | None]:
         """DINOv2 features ``(B, N, c)`` of the samples' source and (pair mode) target images."""
         if self.dino is None:
             raise RuntimeError("no DINOv2 attached to this CPM: set prompt.dino = DinoFeatures(...)")
-        bad = [i for i, s in enumerate(samples) if getattr(s, "src_image", None) is None
-               or (self.mode == "pair" and getattr(s, "trg_image", None) is None)]
-        if bad:
+        if any(getattr(s, "src_image", None) is None or (self.mode == "pair" and getattr(s, "trg_image", None) is None)
+               for s in samples):
             raise ValueError("a CPM prompt conditions on image pairs: give samples with src_image and trg_image")
-        images = [s.src_image for s in samples]
-        if self.mode == "pair":
-            images += [s.trg_image for s in samples]
+        images = [s.src_image for s in samples] + ([s.trg_image for s in samples] if self.mode == "pair" else [])
         feats = self.dino(images)
-        b = len(samples)
-        return feats[:b], (feats[b:] if self.mode == "pair" else None)
+        return feats[: len(samples)], (feats[len(samples) :] if self.mode == "pair" else None)
 
-    # ------------------------------------------------------------------------- the Conditioning interface
     def condition(self, sd, samples) -> torch.Tensor:
-        """Conditioning of a batch of pairs (``PairSample``-like, images already mirrored for flipped rows):
-        ``(B, 77, D)``; differentiable with respect to the CPM's parameters only."""
+        """Conditioning ``(B, 77, D)`` of pairs (images already mirrored for flipped rows)."""
         return self(sd, *self.image_features(samples))
 
     def key(self, sample) -> str:
-        """Conditioning depends on the pair's pixels (not used by evaluation, which conditions every pair)."""
         from ..features import image_key
 
         return f"{image_key(sample.src_image)}:{image_key(sample.trg_image)}"
@@ -189,7 +155,6 @@ class ConditionalPrompt(torch.nn.Module):
         return [{"params": [self.global_embeds, self.positional_embedding, self.alpha_cond], "lr": lr},
                 {"params": [*self.linear_C.parameters(), *self.linear_N.parameters()], "lr": self.lr_linear}]
 
-    # -------------------------------------------------------------------------------------------- analysis
     @torch.no_grad()
     def gate(self) -> torch.Tensor:
         """``tanh(alpha_cond)``: ``(C, D)`` float32 on the CPU (how much of each conditional entry passes)."""
@@ -207,10 +172,9 @@ class ConditionalPrompt(torch.nn.Module):
         return {"prompt": "cpm", "n_global": self.n_global, "n_cond": self.n_cond, "mode": self.mode,
                 "features": self.features, "n_params": sum(p.numel() for p in self.parameters()),
                 "dino": {k: v for k, v in self.dino_info.items() if k != "probe"},
-                "gate": {"mean": float(g.mean()), "std": float(g.std()), "min": float(g.min()),
-                         "max": float(g.max()), "mean_abs": float(g.abs().mean())}}
+                "gate": {**{stat: float(getattr(g, stat)()) for stat in ("mean", "std", "min", "max")},
+                         "mean_abs": float(g.abs().mean())}}
 
-    # ----------------------------------------------------------------------------------------------- files
     def file_metadata(self) -> dict:
         """Metadata that rebuilds the module (and its DINOv2) from a prompt file."""
         return {"n_global": self.n_global, "n_cond": self.n_cond, "mode": self.mode, "features": self.features,
@@ -218,36 +182,22 @@ class ConditionalPrompt(torch.nn.Module):
                 "dino": self.dino_info}
 
     def save(self, path, sd, extra: dict | None = None):
-        """Write the CPM as a prompt file (kind ``"cpm"``): tensors under their ``state_dict`` keys, metadata
-        G, C, mode, features, widths and the DINOv2 identity, plus ``extra``."""
+        """Write the CPM as a prompt file (kind ``"cpm"``, tensors under their ``state_dict`` keys)."""
         return write_prompt_file(path, sd, "cpm", dict(self.state_dict()), {**self.file_metadata(), **(extra or {})},
                                  text_dim=self.text_dim)
 
     @classmethod
     def load(cls, path, sd, check_model: bool = True, dino=None, dino_cache=None) -> "ConditionalPrompt":
-        """Read a CPM prompt file for model ``sd``.
-
-        Args:
-            dino: ``None`` (rebuild the DINOv2 recorded in the file, on first use), a spec overriding it (``"tiny"``,
-                hub id or folder, e.g. where the weights live on this machine) or a ready ``DinoFeatures``.
-            dino_cache: on-disk cache folder for the rebuilt DINOv2's features.
-            check_model: refuse a file learned on other SD weights, or with another DINOv2 (weight probes).
-
-        Raises:
-            ValueError: not a CPM file, or a tensor whose shape does not fit (the message names both shapes).
-        """
+        """Read a CPM prompt file for model ``sd``; ``dino``: ``None`` (the DINOv2 the file records, built on first
+        use), a spec overriding it or a ready ``DinoFeatures``; ``check_model`` also checks the DINOv2's weights."""
         tensors, meta = read_prompt_file(path, sd, check_model)
         if meta.get("kind") != "cpm":
             raise ValueError(f"{path}: not a CPM prompt file (kind={meta.get('kind')!r})")
         get = lambda k, d=None: json.loads(meta[k]) if k in meta else d  # noqa: E731
         n_global, n_cond, n_patches, dino_dim = get("n_global"), get("n_cond"), get("n_patches", 256), get("dino_dim")
-        if None in (n_global, n_cond, dino_dim):
-            raise ValueError(f"{path}: CPM prompt file lacks its n_global / n_cond / dino_dim metadata")
         mode, features = meta.get("mode", "pair"), meta.get("features", "patch")
-        expected = cpm_shapes(sd.text_dim, dino_dim, n_global, n_cond, mode, n_patches)
-        check_tensors(tensors, expected, path)
-        prompt = cls(sd.text_dim, dino_dim, n_global, n_cond, mode, features, n_patches,
-                     get("lr_linear", 1e-3))
+        check_tensors(tensors, cpm_shapes(sd.text_dim, dino_dim, n_global, n_cond, mode, n_patches), path)
+        prompt = cls(sd.text_dim, dino_dim, n_global, n_cond, mode, features, n_patches, get("lr_linear", 1e-3))
         prompt.load_state_dict({k: tensors[k] for k in CPM_KEYS})
         prompt.metadata = meta
         prompt.dino_info = get("dino", {}) or {}
@@ -265,8 +215,7 @@ class ConditionalPrompt(torch.nn.Module):
             from ..models import same_weights
 
             features = DinoFeatures(spec, device=sd.device, seed=seed, cache_dir=dino_cache)
-            theirs = features.describe()["probe"]
-            if check_model and probe and not same_weights(probe, theirs):
+            if check_model and probe and not same_weights(probe, features.describe()["probe"]):
                 raise ValueError(f"{path}: CPM was learned with DINOv2 {prompt.dino_info.get('model')!r} "
                                  f"(fingerprint {prompt.dino_info.get('fingerprint')}), not with {spec!r} "
                                  f"(fingerprint {features.identity['fingerprint']}); pass check_model=False to force")

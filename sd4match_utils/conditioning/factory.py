@@ -1,34 +1,55 @@
-"""One entry point from a prompt spec to the conditioning of a pair: :func:`make_conditioning`."""
+"""The one interface every prompt implements (:class:`Conditioning`, SPEC §3–§4) and the one entry point from a
+prompt spec to the conditioning of a pair (:func:`make_conditioning`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from .cpm import ConditionalPrompt
-from .files import inspect_prompt_file, read_prompt_file
+from .files import inspect_prompt_file
 from .learned import LearnedPrompt
-from .protocol import Conditioning
 from .text import FIXED_PROMPTS, FixedPrompt
 
 
-def load_prompt(path, sd, check_model: bool = True, **cpm_options) -> LearnedPrompt | ConditionalPrompt:
-    """Load any prompt file (Single, Class or CPM) as the module that produces its conditioning.
+@runtime_checkable
+class Conditioning(Protocol):
+    """What conditions the UNet for a pair of images: a ``(B, 77, D)`` text-encoder output per batch of pairs.
 
-    ``cpm_options`` (``dino``, ``dino_cache``) go to :meth:`ConditionalPrompt.load` and are ignored otherwise."""
-    _, meta = read_prompt_file(path, sd, check_model=False)
-    if meta.get("kind") == "cpm":
+    Implemented by ``FixedPrompt``, ``LearnedPrompt`` and ``ConditionalPrompt``; :func:`make_conditioning` binds one
+    to a model to condition one pair at a time (what evaluation does).
+    """
+
+    #: ``"text"``, ``"empty"``, ``"single"``, ``"class"`` or ``"cpm"``.
+    kind: str
+    #: ``True`` when the conditioning depends on the images of each pair (CPM), ``False`` when only on the category.
+    pair_dependent: bool
+
+    def condition(self, sd, samples) -> torch.Tensor:
+        """``(B, 77, D)`` conditioning (text encoder dtype) of a batch of ``PairSample``-like objects,
+        differentiable with respect to the prompt's own parameters (if any)."""
+
+    def key(self, sample) -> str:
+        """Pairs with equal keys get the same conditioning (so it is computed once and features can be reused)."""
+
+    def describe(self) -> dict:
+        """What ``metrics.json`` records under ``conditioning`` (``{"prompt": kind, ...}``)."""
+
+
+def load_prompt(path, sd, check_model: bool = True, **cpm_options) -> LearnedPrompt | ConditionalPrompt:
+    """Load any prompt file (Single, Class or CPM) as the module that produces its conditioning;
+    ``cpm_options`` (``dino``, ``dino_cache``) go to :meth:`ConditionalPrompt.load`."""
+    if inspect_prompt_file(path).get("kind") == "cpm":
         return ConditionalPrompt.load(path, sd, check_model, **cpm_options)
     return LearnedPrompt.load(path, sd, check_model)
 
 
 class BoundConditioning:
-    """A :class:`Conditioning` bound to model ``sd``: ``(1, 77, D)`` conditioning of one pair, without gradients.
-
-    Category-level conditionings are computed once per :meth:`Conditioning.key`; pair-dependent ones (CPM) for
-    every pair. :meth:`describe` adds the prompt file (``"file"``) when there is one.
-    """
+    """A :class:`Conditioning` bound to model ``sd``: ``(1, 77, D)`` conditioning of one pair, without gradients,
+    computed once per :meth:`Conditioning.key` unless pair-dependent (CPM). :meth:`describe` adds the prompt
+    ``"file"`` when there is one."""
 
     def __init__(self, sd, conditioning: Conditioning, source: str | None = None):
         self.sd, self.conditioning, self.source = sd, conditioning, source
@@ -61,15 +82,11 @@ def check_prompt_spec(spec: str) -> None:
 
 
 def make_conditioning(sd, spec, **cpm_options) -> BoundConditioning:
-    """The conditioning of pairs by ``spec`` on model ``sd``.
-
-    ``spec``: ``"text"`` / ``"empty"`` (fixed prompt), a path to a prompt file (the learned prompt it holds;
-    ``cpm_options``: ``dino``, ``dino_cache`` for CPM files, see :func:`load_prompt`) or a ready
-    :class:`Conditioning` (e.g. a prompt being trained)."""
+    """The conditioning of pairs by ``spec`` on model ``sd``: ``"text"`` / ``"empty"``, a prompt file path
+    (``cpm_options`` as for :func:`load_prompt`) or a ready :class:`Conditioning` (e.g. a prompt being trained)."""
     if isinstance(spec, Conditioning):
         return BoundConditioning(sd, spec)
     if spec in FIXED_PROMPTS:
         return BoundConditioning(sd, FixedPrompt(spec))
     check_prompt_spec(spec)
-    path = Path(spec)
-    return BoundConditioning(sd, load_prompt(path, sd, **cpm_options), str(path))
+    return BoundConditioning(sd, load_prompt(Path(spec), sd, **cpm_options), str(Path(spec)))

@@ -1,9 +1,7 @@
 """Prompt files: learned prompts saved as safetensors with metadata (format ``sd4match-prompt``, version 1).
 
 One file holds one prompt of kind ``single`` / ``class`` (tensor ``embeddings``) or ``cpm`` (the tensors
-:data:`CPM_KEYS`), with metadata naming the model it was learned on (identity and weight probe) and what is needed
-to rebuild it. :func:`inspect_prompt_file` checks the structure from the header alone; :func:`read_prompt_file`
-also checks the values and the model.
+:data:`CPM_KEYS`), with metadata naming the model it was learned on (identity and weight probe) and what rebuilds it.
 """
 
 from __future__ import annotations
@@ -37,34 +35,24 @@ def check_finite(tensors: dict[str, torch.Tensor], source) -> None:
 
 def write_prompt_file(path, sd, kind: str, tensors: dict[str, torch.Tensor], meta: dict | None = None,
                       text_dim: int | None = None):
-    """Save prompt tensors (safetensors, atomically) with the metadata every prompt file carries: format, kind,
-    ``text_dim``, the model it was learned on (identity and weight probe), plus ``meta``.
-
-    ``sd=None`` (a prompt imported without its model) needs ``text_dim``; the file then records the model as
-    unknown and has no weight probe, so loading it can check its width only."""
+    """Save prompt tensors (float32 safetensors, atomically) with format, kind, ``text_dim``, the model (identity
+    and weight probe) and ``meta``. ``sd=None`` needs ``text_dim`` and records the model as unknown (no probe)."""
     from ..cache import atomic_save_tensors
     from ..models import weight_probe
 
-    if sd is None:
-        if text_dim is None:
-            raise ValueError("write_prompt_file: give sd or text_dim")
-        header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind, "text_dim": int(text_dim),
-                  "model": {"model": "unknown"}}
+    header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind}
+    if sd is not None:
+        header |= {"text_dim": sd.text_dim, "model": sd.identity, "model_probe": weight_probe(sd)}
+    elif text_dim is None:
+        raise ValueError("write_prompt_file: give sd or text_dim")
     else:
-        header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind, "text_dim": sd.text_dim,
-                  "model": sd.identity, "model_probe": weight_probe(sd)}
+        header |= {"text_dim": int(text_dim), "model": {"model": "unknown"}}
     return atomic_save_tensors(path, {k: v.detach().float().cpu() for k, v in tensors.items()},
                                {**header, **(meta or {})})
 
 
-def open_prompt_file(path, read) -> tuple[dict[str, str], dict]:
-    """``(metadata, read(handle, key) for each tensor)`` of a readable sd4match prompt file.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable safetensors file, or not a prompt file (one line naming the file).
-    """
-    path = Path(path)
+def _open_prompt_file(path: Path, read) -> tuple[dict[str, str], dict]:
+    """``(metadata, {key: read(handle, key)})`` of a readable sd4match prompt file (errors name the file)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prompt file not found")
     try:
@@ -79,20 +67,17 @@ def open_prompt_file(path, read) -> tuple[dict[str, str], dict]:
 
 
 def read_prompt_file(path, sd, check_model: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a prompt file's tensors and metadata, checking that it is one and that it belongs to ``sd``.
-
-    A file that records no weight probe (imported without its model) only warns that the model could not be
-    checked; its width is still checked by the loaders.
+    """A prompt file's tensors and metadata, checked (:func:`inspect_prompt_file`, finite values) and, with
+    ``check_model``, refused when learned on other weights; a file without weight probe only warns.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a prompt file, a tensor with NaN / Inf values (named), or learned on other weights (the
-            message names both models).
+        ValueError: naming the file (and both models when they differ).
     """
     from ..models import same_weights, weight_probe
 
-    inspect_prompt_file(path)  # tensor keys, shapes and metadata, each error naming the file
-    meta, tensors = open_prompt_file(path, lambda f, k: f.get_tensor(k))
+    inspect_prompt_file(path)
+    meta, tensors = _open_prompt_file(Path(path), lambda f, k: f.get_tensor(k))
     check_finite(tensors, path)
     if check_model and "model_probe" not in meta:
         try:
@@ -101,7 +86,7 @@ def read_prompt_file(path, sd, check_model: bool = True) -> tuple[dict[str, torc
             theirs = "unknown"
         warnings.warn(f"{path}: the file does not identify the model it belongs to (model {theirs!r}): it could not "
                       f"be checked against {sd.identity.get('model')!r}, only its width", UserWarning, stacklevel=2)
-    if check_model and "model_probe" in meta and int(meta.get("text_dim", sd.text_dim)) == sd.text_dim:
+    elif check_model and int(meta.get("text_dim", sd.text_dim)) == sd.text_dim:
         if not same_weights(json.loads(meta["model_probe"]), weight_probe(sd)):
             theirs = json.loads(meta.get("model", "{}"))
             raise ValueError(f"{path}: prompt was learned for model {theirs.get('model')!r} "
@@ -111,24 +96,21 @@ def read_prompt_file(path, sd, check_model: bool = True) -> tuple[dict[str, torc
 
 
 def inspect_prompt_file(path) -> dict[str, str]:
-    """Check a prompt file's structure from its header alone (no model, no tensor data read): it is a readable
-    sd4match prompt file of a known kind, holds the tensors that kind needs with sensible shapes, and its metadata
-    parses. Returns the metadata.
+    """Check a prompt file's structure from its header alone (no model, no tensor data): a known kind, the tensors
+    that kind needs with sensible shapes, metadata that parses. Returns the metadata.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: anything else wrong, in one line naming the file.
     """
     path = Path(path)
-    meta, shapes = open_prompt_file(path, lambda f, k: tuple(f.get_slice(k).get_shape()))
+    meta, shapes = _open_prompt_file(path, lambda f, k: tuple(f.get_slice(k).get_shape()))
 
     def meta_json(key, required=True):
-        if key not in meta:
-            if required:
-                raise ValueError(f"{path}: prompt file metadata lacks {key!r}")
-            return None
+        if key not in meta and required:
+            raise ValueError(f"{path}: prompt file metadata lacks {key!r}")
         try:
-            return json.loads(meta[key])
+            return json.loads(meta[key]) if key in meta else None
         except ValueError:
             raise ValueError(f"{path}: prompt file metadata {key!r} is not valid JSON ({meta[key][:60]!r})") from None
 
@@ -146,11 +128,10 @@ def inspect_prompt_file(path) -> dict[str, str]:
         categories = meta_json("categories")
         if kind == "single" and shape[0] != 1:
             raise ValueError(f"{path}: single prompt must have one row, tensor 'embeddings' has shape {shape}")
-        if kind == "class":
-            if (not isinstance(categories, list) or not all(isinstance(c, str) for c in categories)
-                    or len(categories) != shape[0]):
-                raise ValueError(f"{path}: class prompt metadata 'categories' must list one name per row of "
-                                 f"'embeddings' ({shape[0]}), got {str(categories)[:80]}")
+        if kind == "class" and (not isinstance(categories, list) or len(categories) != shape[0]
+                                or not all(isinstance(c, str) for c in categories)):
+            raise ValueError(f"{path}: class prompt metadata 'categories' must list one name per row of "
+                             f"'embeddings' ({shape[0]}), got {str(categories)[:80]}")
     elif kind == "cpm":
         missing = [k for k in CPM_KEYS if k not in shapes]
         if missing:

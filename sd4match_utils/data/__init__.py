@@ -32,20 +32,9 @@ _ALIASES = {"spair-71k": "spair", "spair71k": "spair", "pf-pascal": "pfpascal", 
 
 
 def load_dataset(name: str, root: str | Path, split: str, img_size: int = DEFAULT_IMG_SIZE) -> PairDataset:
-    """Open one split of a dataset.
-
-    Args:
-        name: ``"spair"``, ``"pfpascal"``, ``"pfwillow"`` or ``"custom"`` (case-insensitive; ``"SPair-71k"``,
-            ``"PF-Pascal"``, ``"PF-Willow"`` also accepted).
-        root: SPair: the ``SPair-71k`` folder; PF-Pascal: the folder holding ``PF-dataset-PASCAL/`` and the pair
-            CSVs; PF-Willow: the folder holding ``PF-dataset/`` and ``test_pairs.csv``; custom: the folder holding
-            ``annotations.json`` (or that file).
-        split: ``"trn"``, ``"val"`` or ``"test"`` (PF-Willow: ``"test"`` only).
-        img_size: side of the square resized image the ``*_r`` keypoints and ``thr`` refer to.
-
-    Raises:
-        ValueError: unknown dataset name.
-        DatasetFormatError: missing or malformed files (the message names the file).
+    """Open one split of a dataset (:data:`DATASETS`, case-insensitive; ``"SPair-71k"``, ``"PF-Pascal"``,
+    ``"PF-Willow"`` also accepted). ``root``: the folder holding the layout described in the dataset's module
+    (custom: also the ``annotations.json`` file itself). Bad files raise :class:`DatasetFormatError` naming them.
     """
     key = name.strip().lower()
     key = _ALIASES.get(key, key)

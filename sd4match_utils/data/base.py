@@ -1,5 +1,5 @@
-"""The pair record every dataset loader yields, the error every loader raises on bad input, and the
-shared dataset base class (:class:`PairDataset`) with its validation helpers.
+"""The pair record every loader yields (:class:`PairSample`), the error every loader raises, the dataset base class
+(:class:`PairDataset`) and shared validation helpers.
 
 Coordinates are ``(x, y)`` in pixels. ``*_kps`` are in the original image, ``*_kps_r`` in the image resized
 to ``img_size × img_size`` without keeping the aspect ratio (SPEC §2): ``x_r = x · S / W``, ``y_r = y · S / H``.
@@ -7,6 +7,7 @@ to ``img_size × img_size`` without keeping the aspect ratio (SPEC §2): ``x_r =
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,7 @@ def scale_points(kps: np.ndarray, size_wh: tuple[int, int], img_size: int) -> np
 
 def scale_box(box: np.ndarray, size_wh: tuple[int, int], img_size: int) -> np.ndarray:
     """Scale an ``[x1, y1, x2, y2]`` box from an image of ``size_wh = (W, H)`` to ``img_size × img_size``."""
-    w, h = size_wh
-    return np.asarray(box, dtype=np.float64) * np.array([img_size / w, img_size / h] * 2)
+    return scale_points(np.reshape(box, (2, 2)), size_wh, img_size).reshape(4)
 
 
 def box_threshold(box: np.ndarray) -> float:
@@ -66,15 +66,11 @@ class PairSample:
         src_bbox, trg_bbox: ``(4,)`` ``[x1, y1, x2, y2]`` in original pixels, or ``None`` when the format has none.
         thr: PCK threshold of the dataset's protocol in ``img_size`` space (SPEC §7).
         thr_orig: the same threshold measured in original target-image pixels.
-        src_name, trg_name: image ids (file stem).
-        src_path, trg_path: image files on disk.
+        src_name, trg_name, src_path, trg_path: image ids (file stem) and files.
         flip: whether the pair was mirrored (PF-Pascal training rows with ``flip = 1``).
-        img_size: the resized resolution the ``*_r`` fields and ``thr`` refer to.
         kp_names: optional names of the keypoints (synthetic and custom data), length N.
-        flags: extra per-pair annotations (SPair difficulty flags: viewpoint_variation, scale_variation,
-            truncation, occlusion).
-        skip_reason: why a pair without any usable keypoint (``n_kps == 0``) cannot be evaluated, naming its
-            annotation file; the evaluation records such pairs in ``metrics.json`` (``skipped``).
+        flags: extra per-pair annotations (SPair difficulty flags).
+        skip_reason: why a pair with ``n_kps == 0`` cannot be evaluated, naming its annotation file.
     """
 
     pair_id: str
@@ -140,10 +136,8 @@ def as_box(value, path: str | Path, what: str) -> np.ndarray:
 
 
 def check_inside(kps: np.ndarray, size_wh: tuple[int, int], path: str | Path, what: str) -> None:
-    """Raise when a keypoint of ``(N, 2)`` lies outside its ``(W, H)`` image by more than 1 pixel.
-
-    Accepted: ``-1 <= x <= W`` and ``-1 <= y <= H`` (annotations are often 1-based or on the last pixel's edge).
-    """
+    """Raise when one of ``(N, 2)`` keypoints lies more than 1 pixel outside its ``(W, H)`` image
+    (``-1 <= x <= W``, ``-1 <= y <= H`` pass: annotations are often 1-based or on the last pixel's edge)."""
     w, h = size_wh
     bad = ~((kps[:, 0] >= -1) & (kps[:, 0] <= w) & (kps[:, 1] >= -1) & (kps[:, 1] <= h))
     if np.any(bad):
@@ -165,8 +159,8 @@ class PairEntry:
 class PairDataset:
     """A split of annotated pairs; ``dataset[i]`` loads the images and returns a :class:`PairSample`.
 
-    Subclasses set ``name``, fill ``self.entries`` (one :class:`PairEntry` per pair) and ``self.categories``
-    (sorted names) in ``__init__``, and implement ``_load(entry) -> PairSample``.
+    Subclasses set ``name``, fill ``self.entries`` and ``self.categories`` (sorted) in ``__init__``, and implement
+    ``_load(entry) -> PairSample``.
     """
 
     name: str = ""
@@ -181,15 +175,14 @@ class PairDataset:
         self.categories: list[str] = []
 
     def _folder(self, name: str, what: str) -> Path:
-        """The sub-folder ``name`` of the root, which must exist (else an error saying ``what`` was not found)."""
+        """The sub-folder ``name`` of the root, which must exist."""
         path = self.root / name
         if not path.is_dir():
             raise DatasetFormatError(path, f"{what} not found")
         return path
 
     def _split_file(self, *candidates: Path, note: str = "") -> Path:
-        """The first existing file of ``candidates``, the places this split's index may be (else an error naming
-        the first, with ``note`` appended)."""
+        """The first existing file of ``candidates`` (else an error naming the first, with ``note`` appended)."""
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
             raise DatasetFormatError(candidates[0], f"split file for split {self.split!r} not found{note}")
@@ -219,35 +212,31 @@ class PairDataset:
         return self.entries[i].category
 
     def spread_pairs(self, n_pairs: int) -> list[int]:
-        """Indices of ``n_pairs`` pairs spread over the categories: round-robin over :attr:`categories`, each
-        category's pairs in file order. Deterministic; opens no image. Returns ``min(n_pairs, len(self))``
-        distinct indices in selection order."""
+        """Indices of up to ``n_pairs`` distinct pairs, round-robin over :attr:`categories` (each category's pairs
+        in file order). Deterministic; opens no image."""
         if n_pairs < 1:
             raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
         by_cat: dict[str, list[int]] = {}
         for i in range(len(self)):
             by_cat.setdefault(self.category_of(i), []).append(i)
-        known = list(getattr(self, "categories", []))
-        order = [c for c in known if c in by_cat] + sorted(c for c in by_cat if c not in known)
-        rounds = [by_cat[c][depth] for depth in range(max(map(len, by_cat.values()), default=0))
-                  for c in order if depth < len(by_cat[c])]
-        return rounds[:n_pairs]
+        order = [c for c in self.categories if c in by_cat] + sorted(set(by_cat) - set(self.categories))
+        rounds = itertools.zip_longest(*(by_cat[c] for c in order))
+        return [i for row in rounds for i in row if i is not None][:n_pairs]
 
     def category_images(self, category: str, n: int) -> list[Image.Image]:
         """Up to ``n`` distinct images of one category, from its pairs in file order (source first)."""
-        seen: set[Path] = set()
-        images: list[Image.Image] = []
-        for i in (i for i in range(len(self)) if self.category_of(i) == category):
-            sample = self[i]
-            for path, image in ((sample.src_path, sample.src_image), (sample.trg_path, sample.trg_image)):
-                if path not in seen and len(images) < n:
-                    seen.add(path)
-                    images.append(image)
+        images: dict[Path, Image.Image] = {}
+        for i in range(len(self)):
             if len(images) >= n:
                 break
+            if self.category_of(i) == category:
+                sample = self[i]
+                for path, image in ((sample.src_path, sample.src_image), (sample.trg_path, sample.trg_image)):
+                    if len(images) < n:
+                        images.setdefault(path, image)
         if not images:
             raise ValueError(f"no pair of category {category!r} in {self!r}")
-        return images
+        return list(images.values())
 
     def image_paths(self) -> list[Path]:
         """Sorted unique image files used by this split."""

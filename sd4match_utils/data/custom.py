@@ -1,68 +1,36 @@
-"""Your own images: a folder of photos plus one small annotation file (dataset name ``"custom"``).
+"""Your own images: a folder of photos plus ``annotations.json`` (dataset name ``"custom"``).
 
-Layout under the root folder (``--data-root``)::
+``annotations.json`` (in the ``--data-root`` folder) is a JSON list with one object per image::
 
-    annotations.json          the annotation file described below
-    <any sub-folders>/*.jpg   the images, referred to by paths relative to the root
+    [{"image": "screws/a.jpg", "category": "screw", "keypoints": {"head": [412.0, 80.5], "tip": [398, 610]},
+      "bbox": [350, 40, 470, 640]},
+     {"image": "screws/b.jpg", "category": "screw", "keypoints": {"head": [120, 95], "slot": [131, 90]}}]
 
-``annotations.json`` is a JSON list with one object per image::
+Keys (no others are allowed): ``image`` (required) the path relative to the file's folder, ``/`` separators;
+``category`` (required) pairs are formed inside a category, which needs at least 2 images, and ``--prompt text``
+reads ``"a photo of a {category}"``; ``keypoints`` (required, may be ``{}``) named ``[x, y]`` in original pixels
+(0-based, up to one pixel outside the image accepted), any subset of the category's names per image; ``bbox``
+(optional) ``[x1, y1, x2, y2]`` in original pixels; ``split`` (optional) ``"trn"``, ``"val"`` or ``"test"``.
 
-    [
-      {"image": "screws/a.jpg", "category": "screw",
-       "keypoints": {"head": [412.0, 80.5], "tip": [398, 610]},
-       "bbox": [350, 40, 470, 640]},
-      {"image": "screws/b.jpg", "category": "screw", "keypoints": {"head": [120, 95], "slot": [131, 90]}},
-      ...
-    ]
+**Pairs**: inside each category and split, every ordered pair of two different images sharing a keypoint name
+(both directions), with the names annotated in both in the source entry's order, sorted by (category, source path,
+target path). **PCK threshold** (``thr`` in ``img_size`` space, ``thr_orig`` in original target pixels): the larger
+side of the target's ``bbox``, else of the box around *all* the target image's keypoints; when that box is
+degenerate, the whole image (``img_size``, ``max(W, H)`` in original pixels).
 
-Keys of an entry (no others are allowed):
+**Splits** are made by image inside each category: images with a ``split`` key go there, the others are ordered by
+a seeded hash of (seed, category, path), independent of the entries' order, and dealt out: 6 or more images:
+``max(2, round(0.2 n))`` to ``test``, as many to ``val``, the rest to ``trn``; 4 or 5: 2 to ``test``, the rest to
+``trn`` and ``val`` reuses them; 2 or 3: every split uses all of them (nothing held out).
 
-``image`` (required)
-    path of the image file relative to the folder holding ``annotations.json`` (``/`` separators).
-``category`` (required)
-    object category; pairs are only formed inside a category, and ``--prompt text`` reads
-    ``"a photo of a {category}"``. Every category needs at least 2 images.
-``keypoints`` (required, may be ``{}``)
-    named points ``{"name": [x, y]}`` in pixels of the original image (x to the right, y down, 0-based; up to
-    one pixel outside the image is accepted for points on its edge). Any subset of a category's names may be
-    annotated on each image: a pair uses the names annotated in *both* of its images, in the order of the
-    source entry.
-``bbox`` (optional)
-    the object's box ``[x1, y1, x2, y2]`` in original pixels; sets the PCK threshold of pairs with this
-    image as target.
-``split`` (optional)
-    ``"trn"``, ``"val"`` or ``"test"`` to place the image by hand (see below).
-
-**Pairs.** Inside each category and split, every ordered pair of two different images ``(source, target)``
-that shares at least one keypoint name, sorted by (category, source path, target path). Both directions are
-kept (``a → b`` and ``b → a``), as for the benchmarks.
-
-**PCK threshold** (``thr``, in the ``img_size`` space; ``thr_orig`` in original target pixels): the larger side
-of the target's ``bbox`` after resizing when the target has one, else of the box around *all* the target image's
-annotated keypoints (PF-Willow's rule, but with every keypoint of the image so that the threshold of an image does
-not depend on its partner). When that box is degenerate (one keypoint, or all on one point) the whole image is
-the threshold: ``img_size`` (``max(W, H)`` in original pixels).
-
-**Splits** are made by *image*, inside each category, so test images are never seen in training. Images with a
-``split`` key go where it says; the others are ordered by a seeded hash of (seed, category, path) and dealt out:
-
-* 6 or more images: ``max(2, round(0.2 n))`` to ``test``, as many to ``val``, the rest to ``trn``;
-* 4 or 5 images: 2 to ``test``, the rest to ``trn``, and ``val`` reuses the ``trn`` images (prompt selection
-  then looks at training images; the test images stay unseen);
-* 2 or 3 images: every split uses all of them (the workflow runs, but nothing is held out: add photos before
-  believing a number).
-
-The order, and so the split, depends only on the seed and the file names, not on the order of the entries.
-
-Mistakes in the file raise :class:`~sd4match_utils.data.base.DatasetFormatError` naming the file, the entry
-(its index and image) and the problem: unknown or missing keys, a missing or unreadable image, a duplicate image,
-a non-numeric or non-finite coordinate, a keypoint outside its image, a malformed box, a bad split, a category
-with fewer than 2 images.
+Mistakes raise :class:`~sd4match_utils.data.base.DatasetFormatError` naming the file, the entry (index and image)
+and the problem.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -77,6 +45,8 @@ from ..cache import atomic_write_text
 from .base import (DEFAULT_IMG_SIZE, SPLITS, DatasetFormatError, PairDataset, PairEntry, PairSample, box_threshold,
                    keypoint_box, read_json, scale_box)
 from .images import image_size, load_rgb
+from .render import render_instance
+from .shapes import KEYPOINT_NAMES
 
 #: Default name of the annotation file inside the root folder.
 ANNOTATION_FILE = "annotations.json"
@@ -86,24 +56,15 @@ ALLOWED_KEYS = ("image", "category", "keypoints", "bbox", "split")
 #: Extensions the annotation helper lists as images.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-__all__ = ["ANNOTATION_FILE", "ALLOWED_KEYS", "Annotator", "CustomDataset", "ImageRecord", "assign_splits", "build_pairs",
-           "check_entry", "format_annotations", "read_annotations", "resolve_annotation_file", "write_example"]
+__all__ = ["ANNOTATION_FILE", "ALLOWED_KEYS", "Annotator", "CustomDataset", "ImageRecord", "assign_splits",
+           "build_pairs", "check_entry", "format_annotations", "read_annotations", "resolve_annotation_file",
+           "write_example"]
 
 
 @dataclass
 class ImageRecord:
-    """One validated entry of ``annotations.json``.
-
-    Attributes:
-        index: position of the entry in the file.
-        image: the ``image`` path as written (relative, ``/`` separators).
-        path: the image file on disk.
-        category: the entry's category.
-        keypoints: ``{name: (2,) float64 [x, y]}`` in original pixels, in file order.
-        bbox: ``(4,)`` float64 ``[x1, y1, x2, y2]`` or ``None``.
-        size: ``(W, H)`` of the image (read from its header).
-        split: the entry's ``split`` key, or ``None``.
-    """
+    """One validated entry of ``annotations.json``: ``index`` in the file, ``image`` as written, its ``path`` on disk,
+    ``keypoints`` ``{name: (2,) float64 [x, y]}`` in file order, ``size`` ``(W, H)`` from the image header."""
 
     index: int
     image: str
@@ -146,17 +107,9 @@ def _number(value) -> float | None:
 
 
 def check_entry(entry, index: int, ann_path: Path, folder: Path, check_image: bool = True) -> ImageRecord:
-    """Validate one entry of the annotation file and return it as an :class:`ImageRecord`.
+    """Validate entry ``index`` of the annotation file ``ann_path`` (image paths relative to ``folder``).
 
-    Args:
-        entry: the decoded JSON object.
-        index: its position in the file (for messages).
-        ann_path: the annotation file (named in errors).
-        folder: the folder image paths are relative to.
-        check_image: read the image header to check it exists, is readable and contains the keypoints.
-
-    Raises:
-        DatasetFormatError: naming ``ann_path``, the entry's index and image, and the problem.
+    ``check_image``: also read the image header (it exists, is readable and contains the keypoints and box).
     """
     if not isinstance(entry, dict):
         raise DatasetFormatError(ann_path, f"entry {index}: expected an object, got {type(entry).__name__}")
@@ -172,11 +125,9 @@ def check_entry(entry, index: int, ann_path: Path, folder: Path, check_image: bo
     missing = [k for k in REQUIRED_KEYS if k not in entry]
     if missing:
         fail(f"missing key(s) {missing}")
-    if not isinstance(image, str) or not image.strip():
-        fail(f"'image' must be a non-empty path string, got {image!r}")
-    category = entry["category"]
-    if not isinstance(category, str) or not category.strip():
-        fail(f"'category' must be a non-empty string, got {category!r}")
+    for key, what in (("image", "a non-empty path string"), ("category", "a non-empty string")):
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            fail(f"'{key}' must be {what}, got {entry[key]!r}")
     split = entry.get("split")
     if split is not None and split not in SPLITS:
         fail(f"'split' must be one of {list(SPLITS)}, got {split!r}")
@@ -220,30 +171,25 @@ def check_entry(entry, index: int, ann_path: Path, folder: Path, check_image: bo
                 fail(f"keypoint {name!r} at ({x:g}, {y:g}) lies outside the {w}x{h} image")
         if bbox is not None and not (-1 <= bbox[0] and -1 <= bbox[1] and bbox[2] <= w + 1 and bbox[3] <= h + 1):
             fail(f"'bbox' {bbox.tolist()} lies outside the {w}x{h} image")
-    return ImageRecord(index=index, image=image, path=path, category=category, keypoints=keypoints, bbox=bbox,
-                       size=size, split=split)
+    return ImageRecord(index=index, image=image, path=path, category=entry["category"], keypoints=keypoints,
+                       bbox=bbox, size=size, split=split)
+
+
+def _entry_list(ann_path: Path, missing: str = "annotation file not found") -> list:
+    data = read_json(ann_path, missing)
+    if not isinstance(data, list):
+        raise DatasetFormatError(ann_path, f"expected a JSON list of image entries, got {type(data).__name__}")
+    return data
 
 
 def read_annotations(root: str | Path, check_images: bool = True) -> list[ImageRecord]:
-    """Read and validate a custom dataset's annotation file.
-
-    Args:
-        root: the folder holding ``annotations.json``, or the JSON file itself.
-        check_images: also open every image's header (existence, readability, keypoints inside).
-
-    Returns:
-        One :class:`ImageRecord` per entry, in file order.
-
-    Raises:
-        DatasetFormatError: missing or malformed file, a bad entry, a duplicate image, a category with fewer
-            than 2 images.
-    """
+    """Read and validate a custom dataset's annotation file (``root``: its folder or the file itself): one
+    :class:`ImageRecord` per entry, in file order. ``check_images``: also open every image's header."""
     folder, ann_path = resolve_annotation_file(root)
-    data = read_json(ann_path, "annotation file not found (see sd4match_utils/data/custom.py for the format)")
-    if not isinstance(data, list):
-        raise DatasetFormatError(ann_path, f"expected a JSON list of image entries, got {type(data).__name__}")
+    data = _entry_list(ann_path, "annotation file not found (see sd4match_utils/data/custom.py for the format)")
     records: list[ImageRecord] = []
     seen: dict[str, int] = {}
+    by_cat: dict[str, list[ImageRecord]] = {}
     for i, entry in enumerate(data):
         rec = check_entry(entry, i, ann_path, folder, check_images)
         key = Path(os.path.normpath(rec.image)).as_posix()
@@ -252,28 +198,17 @@ def read_annotations(root: str | Path, check_images: bool = True) -> list[ImageR
                                                f"entry {seen[key]}")
         seen[key] = i
         records.append(rec)
-    counts: dict[str, list[ImageRecord]] = {}
-    for rec in records:
-        counts.setdefault(rec.category, []).append(rec)
-    for category, recs in counts.items():
+        by_cat.setdefault(rec.category, []).append(rec)
+    for category, recs in by_cat.items():
         if len(recs) < 2:
             raise DatasetFormatError(ann_path, f"{_where(recs[0].index, recs[0].image)}: category {category!r} has "
                                                f"only 1 image; every category needs at least 2 to form pairs")
     return records
 
 
-def _order_key(seed: int, category: str, image: str) -> str:
-    return hashlib.sha256(f"{seed}:{category}:{image}".encode()).hexdigest()
-
-
 def assign_splits(records: list[ImageRecord], seed: int = 0) -> dict[str, tuple[str, ...]]:
-    """The split(s) of every image: ``{image: ("trn",) | ("val",) | ("test",) | ("trn", "val") | SPLITS}``.
-
-    Rule (module docstring): images with a ``split`` key go there; in each category the others are ordered by
-    ``sha256(f"{seed}:{category}:{image}")`` and dealt out by their count ``n``: ``n >= 6`` →
-    ``max(2, round(0.2 n))`` test, as many val, the rest trn; ``n`` in 4..5 → 2 test, the rest trn and val;
-    ``n`` in 2..3 → all splits; ``n = 1`` → trn.
-    """
+    """The split(s) of every image: ``{image: ("trn",) | ("val",) | ("test",) | ("trn", "val") | SPLITS}``, by the
+    rule of the module docstring, the order being ``sha256(f"{seed}:{category}:{image}")`` (a lone image: trn)."""
     out: dict[str, tuple[str, ...]] = {}
     free: dict[str, list[ImageRecord]] = {}
     for rec in records:
@@ -282,7 +217,7 @@ def assign_splits(records: list[ImageRecord], seed: int = 0) -> dict[str, tuple[
         else:
             free.setdefault(rec.category, []).append(rec)
     for category, recs in free.items():
-        recs = sorted(recs, key=lambda r: _order_key(seed, category, r.image))
+        recs = sorted(recs, key=lambda r: hashlib.sha256(f"{seed}:{category}:{r.image}".encode()).hexdigest())
         n = len(recs)
         if n >= 6:
             k = max(2, round(0.2 * n))
@@ -293,9 +228,7 @@ def assign_splits(records: list[ImageRecord], seed: int = 0) -> dict[str, tuple[
             parts = [(recs, SPLITS)]
         else:
             parts = [(recs, ("trn",))]
-        for group, splits in parts:
-            for rec in group:
-                out[rec.image] = splits
+        out.update((rec.image, splits) for group, splits in parts for rec in group)
     return out
 
 
@@ -310,22 +243,16 @@ def build_pairs(records: list[ImageRecord], split: str,
     pairs = []
     for category in sorted(by_cat):
         recs = sorted(by_cat[category], key=lambda r: r.image)
-        for src in recs:
-            for trg in recs:
-                if src is trg:
-                    continue
-                names = [n for n in src.keypoints if n in trg.keypoints]
-                if names:
-                    pairs.append((src, trg, names))
+        for src, trg in itertools.permutations(recs, 2):
+            names = [n for n in src.keypoints if n in trg.keypoints]
+            if names:
+                pairs.append((src, trg, names))
     return pairs
 
 
 def _threshold(trg: ImageRecord, img_size: int) -> tuple[float, float]:
     """``(thr, thr_orig)`` of pairs with ``trg`` as target (module docstring)."""
-    if trg.bbox is not None:
-        box = trg.bbox
-    else:
-        box = keypoint_box(np.stack(list(trg.keypoints.values())))
+    box = trg.bbox if trg.bbox is not None else keypoint_box(np.stack(list(trg.keypoints.values())))
     thr_orig = box_threshold(box)
     if thr_orig < 1.0:  # degenerate: the whole image
         return float(img_size), float(max(trg.size))
@@ -333,17 +260,9 @@ def _threshold(trg: ImageRecord, img_size: int) -> tuple[float, float]:
 
 
 class CustomDataset(PairDataset):
-    """One split of a custom dataset (format in the module docstring).
-
-    Args:
-        root: the folder holding ``annotations.json`` (or the annotation file itself).
-        split: ``"trn"``, ``"val"`` or ``"test"``.
-        img_size: side of the square resized image the ``*_r`` keypoints and ``thr`` refer to.
-        seed: seed of the automatic split.
-
-    The whole annotation file is validated at construction (image headers included); images are decoded per item.
-    ``categories`` lists every category of the file (the same for every split, so Class prompts line up).
-    """
+    """One split of a custom dataset (``root``: the folder holding ``annotations.json``, or that file; ``seed``:
+    of the automatic split). The whole file is validated at construction, images are decoded per item.
+    ``categories`` lists every category of the file, the same for every split so that Class prompts line up."""
 
     name = "custom"
 
@@ -381,18 +300,9 @@ def format_annotations(entries) -> str:
 
 def write_example(folder: str | Path, seed: int = 0, categories: tuple[str, ...] = ("bottle", "car"),
                   images_per_category: int = 6, drop: float = 0.2) -> Path:
-    """Write a small custom dataset made of synthetic photos (the embedded generator's objects) to ``folder``:
-    ``<category>/<category>_<i>.png`` plus ``annotations.json``, each image with a random subset of the category's
-    keypoints (each dropped with probability ``drop``; hidden ones are never listed) and its box.
-
-    Used by the quick-start notebook and the tests as a stand-in for your own photos. Deterministic.
-
-    Returns:
-        The annotation file's path.
-    """
-    from .render import render_instance
-    from .shapes import KEYPOINT_NAMES
-
+    """Write a small deterministic custom dataset of synthetic photos to ``folder`` and return its annotation file:
+    ``<category>/<category>_<i>.png``, each with its box and its visible keypoints, each dropped with probability
+    ``drop``."""
     folder = Path(folder)
     entries = []
     for c, category in enumerate(categories):
@@ -404,10 +314,9 @@ def write_example(folder: str | Path, seed: int = 0, categories: tuple[str, ...]
             inst = render_instance(category, rng, truncation=0.0, occlusion=0.2)
             rel = f"{category}/{category}_{i:02d}.png"
             inst.image.save(folder / rel)
-            kps = {}
-            for name, (x, y) in zip(KEYPOINT_NAMES[category], inst.kps):
-                if np.isfinite(x) and rng.random() >= drop:
-                    kps[name] = [round(float(x), 1), round(float(y), 1)]
+            named = zip(KEYPOINT_NAMES[category], inst.kps)
+            kps = {name: [round(float(x), 1), round(float(y), 1)] for name, (x, y) in named
+                   if np.isfinite(x) and rng.random() >= drop}  # a hidden keypoint draws no number
             entries.append({"image": rel, "category": category, "keypoints": kps,
                             "bbox": [round(float(v), 1) for v in inst.bbox]})
     path = folder / ANNOTATION_FILE
@@ -420,22 +329,15 @@ def _as_xy(xy) -> tuple[float, float]:
         x, y = xy
     except (TypeError, ValueError):
         raise ValueError(f"a point must be (x, y), got {xy!r}") from None
-    for v in (x, y):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-            raise ValueError(f"a point must be two finite numbers, got {xy!r}")
-    return float(x), float(y)
+    x, y = _number(x), _number(y)
+    if x is None or y is None:
+        raise ValueError(f"a point must be two finite numbers, got {xy!r}")
+    return x, y
 
 
 class Annotator:
-    """Named keypoints on a folder of images, edited point by point and saved as ``annotations.json``
-    (the custom dataset format, :mod:`sd4match_utils.data.custom`).
-
-    Args:
-        folder: the images' root folder; image paths are stored relative to it, in ``folder/annotations.json``,
-            which is read when it exists (each entry validated).
-
-    Coordinates are pixels of the original image. Nothing is written until :meth:`save`.
-    """
+    """Named keypoints on a folder of images (in pixels of the original image), edited point by point and saved
+    as ``folder/annotations.json`` (read back when it exists). Nothing is written until :meth:`save`."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).expanduser()
@@ -444,25 +346,11 @@ class Annotator:
         self.path = self.folder / ANNOTATION_FILE
         self._entries: dict[str, dict] = {}
         if self.path.is_file():
-            for entry in self._read_loose():
-                self._entries[entry["image"]] = entry
+            entries = _entry_list(self.path)
+            for i, entry in enumerate(entries):  # each entry, not the dataset rules: a category may have 1 image
+                check_entry(entry, i, self.path, self.folder)
+            self._entries = {entry["image"]: entry for entry in entries}
 
-    def _read_loose(self) -> list[dict]:
-        """Entries of an existing file, each validated, without the dataset-level rules (a half-done file may
-        still have a category with one image)."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatasetFormatError(self.path, f"malformed JSON ({exc})") from exc
-        if not isinstance(data, list):
-            raise DatasetFormatError(self.path, f"expected a JSON list of image entries, got {type(data).__name__}")
-        out = []
-        for i, entry in enumerate(data):
-            check_entry(entry, i, self.path, self.path.parent)
-            out.append(json.loads(json.dumps(entry)))
-        return out
-
-    # ------------------------------------------------------------------ queries
     def images(self) -> list[str]:
         """Every image file under the folder, as sorted relative ``/`` paths."""
         return sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*")
@@ -489,7 +377,6 @@ class Annotator:
                 seen.update(dict.fromkeys(e["keypoints"]))
         return list(seen)
 
-    # ------------------------------------------------------------------ edits
     def _rel(self, image: str | Path) -> str:
         p = Path(image)
         if p.is_absolute():
@@ -506,17 +393,8 @@ class Annotator:
         return image_size(path)
 
     def add_point(self, image: str | Path, name: str, xy, category: str | None = None) -> dict:
-        """Place (or move) keypoint ``name`` of ``image`` at ``xy = (x, y)`` original pixels.
-
-        ``category`` is required the first time an image is annotated (and changes it when given later).
-
-        Returns:
-            A copy of the image's entry.
-
-        Raises:
-            ValueError: empty name, non-numeric point, point outside the image, no category for a new image.
-            FileNotFoundError: the image does not exist.
-        """
+        """Place (or move) keypoint ``name`` of ``image`` at ``xy = (x, y)``; return a copy of the image's entry.
+        ``category`` is required the first time an image is annotated (and changes it when given later)."""
         rel = self._rel(image)
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a keypoint needs a non-empty name, got {name!r}")
@@ -545,7 +423,8 @@ class Annotator:
         if not category or not str(category).strip():
             raise ValueError("category must be a non-empty string")
         self._size(rel)
-        self._entries.setdefault(rel, {"image": rel, "category": "", "keypoints": {}})["category"] = str(category).strip()
+        entry = self._entries.setdefault(rel, {"image": rel, "category": "", "keypoints": {}})
+        entry["category"] = str(category).strip()
 
     def set_bbox(self, image: str | Path, bbox: Sequence[float] | None) -> None:
         """Set (or with ``None`` remove) the object box ``[x1, y1, x2, y2]`` of an annotated image."""
@@ -566,11 +445,7 @@ class Annotator:
         return format_annotations(list(self._entries.values()))
 
     def save(self) -> Path:
-        """Validate every entry (as the loader would) and write the file atomically.
-
-        Returns:
-            The annotation file's path.
-        """
+        """Validate every entry (as the loader would), write the file atomically and return its path."""
         for i, entry in enumerate(self._entries.values()):
-            check_entry(entry, i, self.path, self.path.parent)
+            check_entry(entry, i, self.path, self.folder)
         return atomic_write_text(self.path, self.to_json())

@@ -1,8 +1,5 @@
-"""Reading dataset images: always RGB, and every failure reported as a :class:`DatasetFormatError`.
-
-Grayscale, 16-bit, palette (with or without transparency), RGBA and CMYK images are all converted to 8-bit RGB.
-Alpha is dropped (the colour under it is kept), as ``PIL.Image.convert("RGB")`` does in the paper's code.
-"""
+"""Reading dataset images: always 8-bit RGB (alpha dropped, as ``PIL.Image.convert("RGB")`` does in the paper's
+code), and every failure reported as a :class:`DatasetFormatError`."""
 
 from __future__ import annotations
 
@@ -19,8 +16,7 @@ _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.
 
 @contextmanager
 def _open(path: str | Path):
-    """``Image.open(path)``; a missing file, or a read error while opening or using it, raise
-    :class:`DatasetFormatError`."""
+    """``Image.open(path)``; a missing file or a read error raise :class:`DatasetFormatError`."""
     path = Path(path)
     if not path.is_file():
         raise DatasetFormatError(path, "image file not found")
@@ -32,7 +28,7 @@ def _open(path: str | Path):
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(W, H)`` of an image, read from its header only (PIL opens lazily, no pixel decoding)."""
+    """``(W, H)`` of an image, read from its header only."""
     with _open(path) as img:
         return img.size
 
@@ -51,7 +47,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file fully and return it as an ``RGB`` PIL image of the file's size ``(W, H)``."""
+    """Decode an image file fully as an ``RGB`` PIL image."""
     with _open(path) as img:
         img.load()
         return to_rgb(img)

@@ -1,9 +1,6 @@
-"""PF-Pascal exactly as distributed (SPEC §8).
+"""PF-Pascal exactly as distributed (SPEC §8). Layout under the root::
 
-Layout under the root::
-
-    {trn,val,test}_pairs.csv                       (also accepted inside PF-dataset-PASCAL/)
-        source_image, target_image, class[, flip]  paths ending in the image name; class is 1-based
+    {trn,val,test}_pairs.csv          source_image, target_image, class (1-based)[, flip]; or in PF-dataset-PASCAL/
     PF-dataset-PASCAL/JPEGImages/<name>.jpg
     PF-dataset-PASCAL/Annotations/<class>/<name>.mat   kps: K×2 with NaN rows for invisible, bbox: [x1, y1, x2, y2]
 
@@ -41,27 +38,24 @@ class PFPascalEntry(PairEntry):
     flip: bool
 
 
-def mirror_points(kps: np.ndarray, width: int) -> np.ndarray:
-    """Horizontally mirror ``(N, 2)`` points in an image ``width`` pixels wide: ``x' = W − 1 − x``."""
-    out = np.array(kps, dtype=np.float64).reshape(-1, 2)
-    out[:, 0] = width - 1 - out[:, 0]
-    return out
+def _mirror(image: Image.Image, kps: np.ndarray, box: np.ndarray | None):
+    """``(image, kps, box)`` mirrored horizontally: ``x' = W − 1 − x``."""
+    w = image.width
+    kps = np.array(kps, dtype=np.float64).reshape(-1, 2)
+    kps[:, 0] = w - 1 - kps[:, 0]
+    if box is not None:
+        x1, y1, x2, y2 = box
+        box = np.array([w - 1 - x2, y1, w - 1 - x1, y2], dtype=np.float64)
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), kps, box
 
 
-def mirror_box(box: np.ndarray, width: int) -> np.ndarray:
-    """Mirror an ``[x1, y1, x2, y2]`` box: ``[W − 1 − x2, y1, W − 1 − x1, y2]``."""
-    x1, y1, x2, y2 = box
-    return np.array([width - 1 - x2, y1, width - 1 - x1, y2], dtype=np.float64)
-
-
-def image_name(value: str) -> str:
-    """The file name at the end of a CSV path: ``PF-dataset-PASCAL/JPEGImages/2009_000232.jpg`` → ``2009_000232.jpg``
-    (``.jpg`` is appended when the name has no extension)."""
+def _image_name(value: str) -> str:
+    """The file name at the end of a CSV path (``.jpg`` appended when it has no extension)."""
     name = PurePosixPath(value.strip().replace("\\", "/")).name
     return name if PurePosixPath(name).suffix else f"{name}.jpg"
 
 
-def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``(kps (K, 2) with NaN rows, bbox (4,) or None)`` from a PF-Pascal ``.mat`` file."""
     if not path.is_file():
         raise DatasetFormatError(path, "annotation file not found")
@@ -71,13 +65,11 @@ def read_annotation(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise DatasetFormatError(path, f"malformed .mat file ({type(exc).__name__}: {exc})") from exc
     if "kps" not in mat:
         raise DatasetFormatError(path, "missing variable 'kps'")
-    kps = as_points(mat["kps"], path, "kps")
-    bbox = as_box(mat["bbox"], path, "bbox") if "bbox" in mat else None
-    return kps, bbox
+    return as_points(mat["kps"], path, "kps"), (as_box(mat["bbox"], path, "bbox") if "bbox" in mat else None)
 
 
 def _parse_int(value: str | None, path: Path, lineno: int, column: str) -> int:
-    """An integer CSV cell (``"8"`` or ``"8.0"``); anything else raises :class:`DatasetFormatError`."""
+    """An integer CSV cell (``"8"`` or ``"8.0"``)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -112,23 +104,22 @@ class PFPascalDataset(PairDataset):
                 if not 1 <= cls <= len(PFPASCAL_CLASSES):
                     raise DatasetFormatError(csv_path, f"line {lineno}: class index {cls} outside "
                                                        f"1..{len(PFPASCAL_CLASSES)}")
-                flip_value = record.get("flip")
-                flip = _parse_int(flip_value, csv_path, lineno, "flip") if flip_value not in (None, "") else 0
+                flip = _parse_int(record.get("flip") or "0", csv_path, lineno, "flip")
                 if flip not in (0, 1):
                     raise DatasetFormatError(csv_path, f"line {lineno}: flip must be 0 or 1, got {flip}")
                 category = PFPASCAL_CLASSES[cls - 1]
-                src_name, trg_name = image_name(record["source_image"]), image_name(record["target_image"])
-                src_stem, trg_stem = Path(src_name).stem, Path(trg_name).stem
-                annotations = self.data_dir / "Annotations" / category
+                names = [_image_name(record[c]) for c in ("source_image", "target_image")]
+                src, trg = (Path(n).stem for n in names)
+                ann = self.data_dir / "Annotations" / category
                 self.entries.append(PFPascalEntry(
-                    pair_id=f"{row:05d}-{src_stem}-{trg_stem}" + ("-flip" if flip else ""), category=category,
-                    src_path=self.data_dir / "JPEGImages" / src_name, trg_path=self.data_dir / "JPEGImages" / trg_name,
-                    src_ann=annotations / f"{src_stem}.mat", trg_ann=annotations / f"{trg_stem}.mat", flip=bool(flip)))
+                    pair_id=f"{row:05d}-{src}-{trg}" + ("-flip" if flip else ""), category=category,
+                    src_path=self.data_dir / "JPEGImages" / names[0], trg_path=self.data_dir / "JPEGImages" / names[1],
+                    src_ann=ann / f"{src}.mat", trg_ann=ann / f"{trg}.mat", flip=bool(flip)))
         self.categories = sorted({e.category for e in self.entries})
 
     def _load(self, entry: PFPascalEntry) -> PairSample:
-        src_kps, src_bbox = read_annotation(entry.src_ann)
-        trg_kps, trg_bbox = read_annotation(entry.trg_ann)
+        src_kps, src_bbox = _read_mat(entry.src_ann)
+        trg_kps, trg_bbox = _read_mat(entry.trg_ann)
         if len(src_kps) != len(trg_kps):
             raise DatasetFormatError(entry.trg_ann, f"{len(trg_kps)} keypoints but the source annotation "
                                                     f"{entry.src_ann.name} has {len(src_kps)}")
@@ -139,12 +130,8 @@ class PFPascalDataset(PairDataset):
         check_inside(src_kps, src_image.size, entry.src_ann, f"source ({entry.src_path.name})")
         check_inside(trg_kps, trg_image.size, entry.trg_ann, f"target ({entry.trg_path.name})")
         if entry.flip:
-            src_w, trg_w = src_image.width, trg_image.width
-            src_image = src_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            trg_image = trg_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            src_kps, trg_kps = mirror_points(src_kps, src_w), mirror_points(trg_kps, trg_w)
-            src_bbox = None if src_bbox is None else mirror_box(src_bbox, src_w)
-            trg_bbox = None if trg_bbox is None else mirror_box(trg_bbox, trg_w)
+            src_image, src_kps, src_bbox = _mirror(src_image, src_kps, src_bbox)
+            trg_image, trg_kps, trg_bbox = _mirror(trg_image, trg_kps, trg_bbox)
         skip = None if len(src_kps) else (f"no keypoint visible in both {entry.src_ann} and {entry.trg_ann} "
                                           f"(all NaN)")
         return self._sample(entry, src_image, trg_image, src_kps, trg_kps, src_bbox, trg_bbox,

@@ -1,14 +1,10 @@
-"""PF-Willow exactly as distributed (SPEC §8).
-
-Layout under the root::
+"""PF-Willow exactly as distributed (SPEC §8), ``test`` split only. Layout under the root::
 
     test_pairs.csv                       header row, then: imageA, imageB, 10 x of A, 10 y of A, 10 x of B, 10 y of B
     PF-dataset/<subclass>/<name>.png     subclass such as car(G), winebottle(wC)
 
-Only the ``test`` split exists. Every keypoint is visible in both images. The format has no boxes, so the tight box
-around the keypoints stands in for them; the PCK threshold is ``max(w, h)`` of that box around the *target*
-keypoints after resizing (SPEC §7); a line whose target keypoints all lie on one point (an empty box, threshold 0)
-raises :class:`DatasetFormatError` naming the file, the line and the box.
+Every keypoint is visible in both images. The format has no boxes: the tight box around the keypoints stands in,
+and the PCK threshold is ``max(w, h)`` of that box around the resized *target* keypoints (SPEC §7).
 """
 
 from __future__ import annotations
@@ -46,9 +42,8 @@ class PFWillowDataset(PairDataset):
         with self.csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
         if not rows or len(rows[0]) != N_COLUMNS:
-            found = len(rows[0]) if rows else 0
-            raise DatasetFormatError(self.csv_path, f"header must have {N_COLUMNS} columns "
-                                                    f"(imageA, imageB, 40 coordinates), found {found}")
+            raise DatasetFormatError(self.csv_path, f"header must have {N_COLUMNS} columns (imageA, imageB, "
+                                                    f"40 coordinates), found {len(rows[0]) if rows else 0}")
         for row, record in enumerate(rows[1:]):
             lineno = row + 2
             if not any(v.strip() for v in record):
@@ -61,21 +56,19 @@ class PFWillowDataset(PairDataset):
                 raise DatasetFormatError(self.csv_path, f"line {lineno}: non-numeric coordinate ({exc})") from exc
             if not np.isfinite(coords).all():
                 raise DatasetFormatError(self.csv_path, f"line {lineno}: coordinates must be finite")
-            xa, ya, xb, yb = coords.reshape(4, N_KPS)
-            trg_box = keypoint_box(np.stack([xb, yb], axis=1))
+            src_kps, trg_kps = coords.reshape(2, 2, N_KPS).transpose(0, 2, 1)
+            trg_box = keypoint_box(trg_kps)
             if box_threshold(trg_box) <= 0:
                 raise DatasetFormatError(self.csv_path, f"line {lineno}: the target keypoints are all at one point, "
                                                         f"their box {trg_box.tolist()} is empty: the PCK threshold "
                                                         f"max(w, h) would be 0")
-            src_path, category = self._resolve(record[0], lineno)
-            trg_path, trg_category = self._resolve(record[1], lineno)
+            (src_path, category), (trg_path, trg_category) = (self._resolve(v, lineno) for v in record[:2])
             if trg_category != category:
                 raise DatasetFormatError(self.csv_path, f"line {lineno}: images of different sub-classes "
                                                         f"({category!r}, {trg_category!r})")
             self.entries.append(PFWillowEntry(
                 pair_id=f"{row:05d}-{src_path.stem}-{trg_path.stem}", category=category, src_path=src_path,
-                trg_path=trg_path, src_kps=np.stack([xa, ya], axis=1), trg_kps=np.stack([xb, yb], axis=1),
-                line=lineno))
+                trg_path=trg_path, src_kps=src_kps, trg_kps=trg_kps, line=lineno))
         self.categories = sorted({e.category for e in self.entries})
 
     def _resolve(self, value: str, lineno: int) -> tuple[Path, str]:

@@ -1,15 +1,11 @@
-"""SPair-71k exactly as distributed (SPEC §8).
-
-Layout under the ``SPair-71k`` root::
+"""SPair-71k exactly as distributed (SPEC §8). Layout under the ``SPair-71k`` root::
 
     Layout/large/{trn,val,test}.txt        one pair per line: 000001-2008_006481-2008_007698:aeroplane
-    PairAnnotation/{split}/<line>.json     src_kps, trg_kps ([[x, y], ...], visible in both), src_bndbox,
-                                           trg_bndbox ([x1, y1, x2, y2]), category, difficulty flags, ...
+    PairAnnotation/{split}/<line>.json     src_kps, trg_kps (visible in both), src_bndbox, trg_bndbox, flags, ...
     JPEGImages/<category>/<name>.jpg
 
-PCK threshold: ``max(w, h)`` of the target box (SPEC §7); an empty or inverted target box (``x2 <= x1`` or
-``y2 <= y1``) raises :class:`DatasetFormatError` naming the file and the box. Any number of keypoints is accepted;
-a pair with none gets a ``skip_reason`` (the evaluation records it as skipped).
+PCK threshold: ``max(w, h)`` of the target box (SPEC §7); an empty or inverted target box is an error. A pair
+without keypoints gets a ``skip_reason``.
 """
 
 from __future__ import annotations
@@ -33,17 +29,8 @@ class SPairEntry(PairEntry):
     json_path: Path
 
 
-def parse_layout_line(line: str, path: Path, lineno: int) -> tuple[str, str, str]:
-    """``"000001-2008_006481-2008_007698:aeroplane"`` → ``("2008_006481", "2008_007698", "aeroplane")``."""
-    head, sep, category = line.rpartition(":")
-    fields = head.split("-")
-    if not sep or not category or len(fields) != 3 or not all(fields):
-        raise DatasetFormatError(path, f"line {lineno}: expected '<id>-<source>-<target>:<category>', got {line!r}")
-    return fields[1], fields[2], category
-
-
 class SPairDataset(PairDataset):
-    """One split of SPair-71k. The index (the layout file) is read at construction; JSON and images per item."""
+    """One split of SPair-71k. The layout file is read at construction; JSON and images per item."""
 
     name = "spair"
 
@@ -55,11 +42,15 @@ class SPairDataset(PairDataset):
             line = raw.strip()
             if not line:
                 continue
-            src, trg, category = parse_layout_line(line, layout, lineno)
+            head, sep, category = line.rpartition(":")
+            fields = head.split("-")
+            if not sep or not category or len(fields) != 3 or not all(fields):
+                raise DatasetFormatError(layout, f"line {lineno}: expected '<id>-<source>-<target>:<category>', "
+                                                 f"got {line!r}")
             images = self.root / "JPEGImages" / category
             self.entries.append(SPairEntry(
-                pair_id=line, category=category, src_path=images / f"{src}.jpg", trg_path=images / f"{trg}.jpg",
-                json_path=self.root / "PairAnnotation" / split / f"{line}.json"))
+                pair_id=line, category=category, src_path=images / f"{fields[1]}.jpg",
+                trg_path=images / f"{fields[2]}.jpg", json_path=self.root / "PairAnnotation" / split / f"{line}.json"))
             categories.add(category)
         image_root = self.root / "JPEGImages"
         if image_root.is_dir():  # the full category list, identical for every split

@@ -1,17 +1,11 @@
 """The embedded default dataset: procedurally drawn objects written in the exact SPair-71k, PF-Pascal and
 PF-Willow layouts, so every loader, notebook and test runs without downloading anything.
 
-Every image shows one *instance* of a category (drawn by :func:`.render.render_instance` from a canonical part
-layout in :mod:`.shapes`, see :data:`KEYPOINT_NAMES`) with random proportions, colours, textures (stripes, dots,
-checks, noise), scale, rotation (±25°), position and background (gradient, noise, clutter), on a canvas of random
-size (W, H in 200..320, not square). A pair is two different instances of the same category, so matching it is
-semantic, not the inversion of a warp. Some instances are truncated by the frame or occluded by a blob; their hidden
-keypoints are ``null`` / NaN and only keypoints visible in both images enter a pair (SPair rule), so pairs have
-different keypoint counts.
-
-Everything is deterministic: image ``i`` of category ``c`` of dataset ``d`` is drawn from its own
-``numpy.random.default_rng([seed, d, c, i])``, files are written with fixed formatting (the MAT-file header's
-timestamp included), and each dataset folder is built in a temporary sibling and renamed into place.
+Each image is one instance of a category (:func:`.render.render_instance`); a pair is two different instances of
+the same category, so matching it is semantic, not the inversion of a warp. Hidden keypoints are ``null`` / NaN and
+only keypoints visible in both images enter a pair (SPair rule). Deterministic: image ``i`` of category ``c`` of
+dataset ``d`` is drawn from ``numpy.random.default_rng([seed, d, c, i])``, files have fixed formatting (the MAT
+header's timestamp included), and each dataset folder is built in a temporary sibling and renamed into place.
 """
 
 from __future__ import annotations
@@ -19,6 +13,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import itertools
 import json
 import math
 import os
@@ -51,28 +46,19 @@ _DATASET_CODE = {"spair": 1, "pfpascal": 2, "pfwillow": 3, "pretrain": 9, "selec
 _NAME_BASE = {"spair": 0, "pfpascal": 300000, "pfwillow": 600000}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Shared writing helpers.
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _rng(seed: int, dataset: str, group: int, index: int, stream: int = 0) -> np.random.Generator:
     """Independent generator per (dataset, category / sub-class, image); ``stream = 1`` is for pair choice."""
     return np.random.default_rng([int(seed), _DATASET_CODE[dataset], group, index, stream])
 
 
-def _image_name(dataset: str, counter: int) -> str:
-    """SPair / VOC-style id such as ``2008_000123``, unique within a dataset."""
-    k = _NAME_BASE[dataset] + counter
-    return f"{2007 + k % 5}_{k:06d}"
-
-
 def _draw(seed: int, stream: str, dataset: str, group: int, category: str, n_images: int,
           **render_kw) -> list[tuple[str, Instance]]:
     """``(name, instance)`` for the ``n_images`` images of category (or sub-class) number ``group``: image ``i`` is
-    drawn from ``_rng(seed, stream, group, i)`` and named by the dataset-wide counter ``group · n_images + i``."""
-    return [(_image_name(dataset, group * n_images + i),
-             render_instance(category, _rng(seed, stream, group, i), **render_kw)) for i in range(n_images)]
+    drawn from ``_rng(seed, stream, group, i)`` and named like ``2008_000123`` by the dataset-wide counter."""
+    first = _NAME_BASE[dataset] + group * n_images
+    names = [f"{2007 + k % 5}_{k:06d}" for k in range(first, first + n_images)]
+    return [(name, render_instance(category, _rng(seed, stream, group, i), **render_kw))
+            for i, name in enumerate(names)]
 
 
 def _share(total: int, n: int) -> list[int]:
@@ -95,11 +81,8 @@ def _split_images(n_images: int, pairs: dict[str, int], what: str) -> dict[str, 
         raise ValueError(f"{what}: {n_images} images per category cannot give {pairs} pairs from disjoint images "
                          f"(needs at least {sum(need.values())})")
     need[next(iter(need))] += n_images - sum(need.values())
-    out, start = {}, 0
-    for split, n in need.items():
-        out[split] = range(start, start + n)
-        start += n
-    return out
+    ends = itertools.accumulate(need.values())
+    return {split: range(end - n, end) for (split, n), end in zip(need.items(), ends)}
 
 
 def _choose_pairs(rng: np.random.Generator, images: range, n_pairs: int) -> list[tuple[int, int]]:
@@ -127,22 +110,17 @@ def _split_pairs(pairs_per_split: dict[str, int] | None, n_categories: int) -> d
 
 def _category_draws(seed: int, stream: str, dataset: str, categories: tuple[str, ...], images_per_category: int,
                     per_cat: dict[str, list[int]]):
-    """Per category of a SPair / PF-Pascal layout: ``(category, drawn, pairs, pair_rng)``, with ``drawn`` as
-    :func:`_draw` gives it and ``pairs`` as :func:`_split_pairs_of` yields them."""
+    """Per category of a SPair / PF-Pascal layout: ``(category, drawn, pairs, pair_rng)``, ``drawn`` as :func:`_draw`
+    gives it, ``pairs`` yielding ``(split, drawn[a], drawn[b])``. A split's pairs are drawn from ``pair_rng`` only
+    when it is reached, so the writer may draw from it in between."""
     for ci, cat in enumerate(categories):
         counts = {s: per_cat[s][ci] for s in SPLITS}
         groups = _split_images(images_per_category, counts, f"generate_{dataset}")
         drawn = _draw(seed, stream, dataset, ci, cat, images_per_category)
         pair_rng = _rng(seed, stream, ci, 0, stream=1)
-        yield cat, drawn, _split_pairs_of(pair_rng, groups, counts, drawn), pair_rng
-
-
-def _split_pairs_of(pair_rng: np.random.Generator, groups: dict[str, range], counts: dict[str, int], drawn: list):
-    """``(split, drawn[a], drawn[b])`` for the ``counts[split]`` pairs of each split, from its images ``groups[split]``.
-    A split's pairs are drawn from ``pair_rng`` only when it is reached, so the writer may draw from it in between."""
-    for split in SPLITS:
-        for a, b in _choose_pairs(pair_rng, groups[split], counts[split]):
-            yield split, drawn[a], drawn[b]
+        pairs = ((split, drawn[a], drawn[b]) for split in SPLITS
+                 for a, b in _choose_pairs(pair_rng, groups[split], counts[split]))
+        yield cat, drawn, pairs, pair_rng
 
 
 def _pair_flags(src: Instance, trg: Instance) -> dict[str, int]:
@@ -196,21 +174,14 @@ def _atomic_dir(final: Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The three formats.
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def generate_spair(root: str | Path, seed: int = 0, images_per_category: int = 12,
                    pairs_per_split: dict[str, int] | None = None,
                    categories: tuple[str, ...] = SYNTHETIC_CATEGORIES, stream: str = "spair") -> Path:
     """Write a synthetic dataset in the SPair-71k layout under ``root/SPair-71k`` and return that folder.
 
-    Each category's ``images_per_category`` images are split into disjoint trn / val / test groups (test images
-    are never seen in trn); ``pairs_per_split`` (default ``{"trn": 60, "val": 24, "test": 36}``) are shared
-    evenly among the categories. Files: ``JPEGImages/<cat>/<name>.jpg``, ``ImageAnnotation/<cat>/<name>.json``
-    (``kps`` as ``{"0": [x, y] or null, ...}`` plus ``kp_names``), ``PairAnnotation/<split>/<line>.json`` and
-    ``Layout/large/<split>.txt``.
+    Each category's images are split into disjoint trn / val / test groups; ``pairs_per_split`` (default
+    :data:`DEFAULT_PAIRS_PER_SPLIT`) are shared evenly among the categories. Besides the SPair files, it writes
+    ``ImageAnnotation/<cat>/<name>.json`` (``kps`` as ``{"0": [x, y] or null, ...}`` plus ``kp_names``).
     """
     categories = _check_categories(categories)
     per_cat = _split_pairs(pairs_per_split, len(categories))
@@ -248,12 +219,8 @@ def generate_spair(root: str | Path, seed: int = 0, images_per_category: int = 1
 def generate_pfpascal(root: str | Path, seed: int = 0, images_per_category: int = 12,
                       pairs_per_split: dict[str, int] | None = None, flip_fraction: float = 0.3,
                       categories: tuple[str, ...] = SYNTHETIC_CATEGORIES) -> Path:
-    """Write a synthetic dataset in the PF-Pascal layout under ``root/PF-Pascal`` and return that folder.
-
-    Files: ``PF-dataset-PASCAL/JPEGImages/<name>.jpg``, ``PF-dataset-PASCAL/Annotations/<cls>/<name>.mat``
-    (``kps``: K×2 float64 with NaN rows for hidden keypoints, ``bbox``: 1×4) and ``{trn,val,test}_pairs.csv``;
-    about ``flip_fraction`` of the trn rows have ``flip = 1``.
-    """
+    """Write a synthetic dataset in the PF-Pascal layout under ``root/PF-Pascal`` and return that folder; about
+    ``flip_fraction`` of the trn rows have ``flip = 1``."""
     categories = _check_categories(categories)  # every synthetic category is a PF-Pascal class
     per_cat = _split_pairs(pairs_per_split, len(categories))
     final = Path(root) / FOLDERS["pfpascal"]
@@ -283,10 +250,8 @@ def generate_pfwillow(root: str | Path, seed: int = 0, images_per_subclass: int 
                       categories: tuple[str, ...] = SYNTHETIC_CATEGORIES) -> Path:
     """Write a synthetic dataset in the PF-Willow layout under ``root/PF-Willow`` and return that folder.
 
-    One sub-class folder per real PF-Willow sub-class of the synthetic categories (``winebottle(M)``, ``car(G)``,
-    ...). Instances are neither truncated nor occluded, so their first 10 keypoints are all visible. Some PNGs
-    are saved as RGBA or grayscale. ``test_pairs.csv``: header, then imageA, imageB, 10 x, 10 y of A, 10 x,
-    10 y of B.
+    One folder per real PF-Willow sub-class of the categories (:data:`WILLOW_SUBCLASSES`); instances are neither
+    truncated nor occluded, so their first 10 keypoints are visible. Some PNGs are saved as RGBA or grayscale.
     """
     categories = _check_categories(categories)
     subclasses = [(cat, sub) for cat in categories for sub in WILLOW_SUBCLASSES.get(cat, ())]

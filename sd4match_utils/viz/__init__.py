@@ -1,14 +1,9 @@
-"""Every plot the notebooks draw: feature maps, matches and heat-maps on images (:mod:`.images`), charts of PCK
-tables and of the prompt-tuning runs (:mod:`.charts`), and reproducible saving (:mod:`.base`).
+"""Every plot the notebooks draw: on images (:mod:`.images`), charts of PCK tables and training runs
+(:mod:`.charts`), reproducible saving (:mod:`.base`); the maths lives in matching, metrics and benchmark.
 
-Plotting only: the maths lives in :mod:`~sd4match_utils.matching` and :mod:`~sd4match_utils.metrics`, the tables
-in :mod:`~sd4match_utils.benchmark`. Every ``plot_*`` function returns the :class:`matplotlib.figure.Figure`, draws
-into the given ``ax`` / ``axes`` when it takes them (otherwise it makes its own figure), and writes the figure with
-:func:`save_figure` when ``save`` is a path.
-
-Coordinates are ``(x, y)`` pixels of the image resized to ``img_size × img_size`` (the paper's space, SPEC §2):
-the functions resize the images they show to that size, so points and heat-maps line up with them.
-Feature-grid cells are placed with the align-corners convention of :func:`~sd4match_utils.matching.pixel_to_grid`.
+``plot_*`` functions return the figure, draw into the given ``ax`` / ``axes`` when they take them, and save it with
+:func:`save_figure` when ``save`` is a path. Points are ``(x, y)`` pixels of the images resized to
+``img_size × img_size`` (SPEC §2); grid cells sit where :func:`~sd4match_utils.matching.pixel_to_grid` puts them.
 """
 
 from .base import DPI, save_figure

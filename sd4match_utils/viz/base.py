@@ -1,4 +1,4 @@
-"""What every plot shares: image and point conversion, figure finishing, reproducible atomic saving."""
+"""What every plot shares: image and point conversion, axes and figure handling, reproducible atomic saving."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -22,8 +21,15 @@ DPI = 100
 OK, WRONG, GT = "#1a9850", "#d73027", "#ffd92f"
 
 
+def to_numpy(x, dtype=np.float64) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array of ``dtype``."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=dtype)
+
+
 def resized(image, img_size: int | None) -> np.ndarray:
-    """A PIL image (or ``(H, W, 3)`` array) as an RGB uint8 array resized to ``img_size × img_size`` (if given)."""
+    """A PIL image (or ``(H, W, 3)`` array) as an RGB uint8 array, resized to ``img_size × img_size`` if given."""
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
     image = image.convert("RGB")
@@ -34,34 +40,44 @@ def resized(image, img_size: int | None) -> np.ndarray:
 
 def as_points(xy, name: str) -> np.ndarray:
     """``(2,)`` or ``(N, 2)`` points as a float64 ``(N, 2)`` array."""
-    if isinstance(xy, torch.Tensor):
-        xy = xy.detach().cpu().numpy()
-    arr = np.asarray(xy, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[None]
+    arr = to_numpy(xy)
+    arr = arr[None] if arr.ndim == 1 else arr
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"{name} must have shape (2,) or (N, 2), got {arr.shape}")
     return arr
 
 
 def upsample_map(sim, size: int) -> np.ndarray:
-    """``(h, w)`` map → ``(size, size)`` bilinear, align corners (cell ``j`` sits at pixel ``j·(size−1)/(w−1)``)."""
-    t = torch.as_tensor(np.asarray(sim.detach().cpu() if isinstance(sim, torch.Tensor) else sim), dtype=torch.float32)
+    """``(h, w)`` map → ``(size, size)``, bilinear, align corners (cell ``j`` at pixel ``j·(size−1)/(w−1)``)."""
+    t = torch.as_tensor(to_numpy(sim, np.float32))
     if t.ndim != 2:
         raise ValueError(f"similarity map must have shape (h, w), got {tuple(t.shape)}")
     return F.interpolate(t[None, None], size=(size, size), mode="bilinear", align_corners=True)[0, 0].numpy()
 
 
-def new_axes(nrows: int, ncols: int, panel: float = 2.6, **kw) -> tuple[Figure, np.ndarray]:
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows), squeeze=False, **kw)
-    return fig, axes
+def axes_grid(axes, nrows: int, ncols: int, what: str, panel: float = 2.6, **kw) -> tuple[Figure, np.ndarray]:
+    """The given ``axes`` (any shape, ``nrows · ncols`` of them) as an ``(nrows, ncols)`` array with their figure;
+    a new figure of ``panel``-inch panels (``kw`` for :func:`plt.subplots`) when ``axes`` is ``None``."""
+    if axes is None:
+        return plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows), squeeze=False, **kw)
+    flat = np.ravel(np.asarray(axes, dtype=object))
+    if flat.size != nrows * ncols:
+        raise ValueError(f"{what} needs {nrows * ncols} axes, got {flat.size}")
+    return flat[0].figure, flat.reshape(nrows, ncols)
 
 
-def flat_axes(axes, n: int, what: str) -> list[Axes]:
-    flat = list(np.ravel(np.asarray(axes, dtype=object)))
-    if len(flat) != n:
-        raise ValueError(f"{what} needs {n} axes, got {len(flat)}")
-    return flat
+def frame(ax, width: int, height: int) -> None:
+    """Show exactly the ``width × height`` pixels of an image, without ticks."""
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set(xticks=[], yticks=[])
+
+
+def show_pair(ax, sample, s: int) -> None:
+    """``sample``'s source | target images side by side at ``s × s`` each, a white line between them."""
+    ax.imshow(np.concatenate([resized(sample.src_image, s), resized(sample.trg_image, s)], axis=1))
+    ax.axvline(s - 0.5, color="white", linewidth=1.0, gid="separator")
+    frame(ax, 2 * s, s)
 
 
 def finish(fig: Figure, save, title: str | None = None, own: bool = True) -> Figure:
@@ -76,19 +92,13 @@ def finish(fig: Figure, save, title: str | None = None, own: bool = True) -> Fig
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Write ``fig`` reproducibly and atomically (temporary file in the same folder, then ``os.replace``).
+    """Write ``fig`` reproducibly (no time stamps or versions, fixed SVG hash salt) and atomically; returns the path.
 
-    The format follows the suffix (``.png`` by default when there is none; ``.pdf`` and ``.svg`` too). No
-    time stamps or software versions are embedded (PNG ``Software``, PDF ``CreationDate`` / ``Producer``, a fixed
-    SVG hash salt), so the same figure gives the same bytes every time. Parent folders are created.
-
-    Returns:
-        The written path.
+    The format follows the suffix: ``.png`` (also added when there is none), ``.pdf`` or ``.svg``.
     """
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".") or "png"
-    if not path.suffix:
-        path = path.with_suffix(".png")
+    path = path if path.suffix else path.with_suffix(".png")
     metadata = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None},
                 "svg": {"Date": None}}.get(fmt)
     if metadata is None:

@@ -1,7 +1,6 @@
-"""Charts of PCK tables: the layer × timestep grid (notebook 01), prompt comparison, training curves and ablation
-sweeps (notebook 02), benchmark bars per dataset, matcher, category and difficulty flag (notebooks 03, 04), and the
-CPM's gate and token norms before and after training (notebook 03). Bars, heat-maps and categorical lines are drawn
-with seaborn."""
+"""Charts of PCK tables, drawn with seaborn: the layer × timestep grid (notebook 01), prompt comparison, training
+curves and ablation sweeps (notebook 02), benchmark bars per dataset, matcher, category and difficulty flag
+(notebooks 03, 04), and the CPM's gate and token norms before and after training (notebook 03)."""
 
 from __future__ import annotations
 
@@ -18,12 +17,12 @@ from matplotlib.ticker import MaxNLocator
 
 from ..benchmark import BENCHMARK_NAMES, select
 from ..matching import MATCHERS
-from .base import finish, flat_axes, new_axes
+from .base import axes_grid, finish
 
 
 def _pick(frame: pd.DataFrame, column: str, value, preferred) -> pd.DataFrame:
-    """Keep rows where ``column == value``; when ``value`` is ``None`` and several values exist, keep the
-    preferred one (or the first in sorted order)."""
+    """Rows with ``column == value``; ``value=None`` with several values present: the preferred one (or the first
+    in sorted order)."""
     if value is None and column in frame.columns:
         values = list(frame[column].unique())
         if len(values) <= 1:
@@ -32,35 +31,18 @@ def _pick(frame: pd.DataFrame, column: str, value, preferred) -> pd.DataFrame:
     return select(frame, **{column: value})
 
 
-def plot_pck_grid(
-    table: pd.DataFrame,
-    kind: str = "heatmap",
-    matcher: str | None = None,
-    averaging: str | None = None,
-    alpha: float | None = None,
-    vmin: float = 0.0,
-    vmax: float | None = None,
-    title: str | None = None,
-    axes=None,
-    save: str | Path | None = None,
-) -> Figure:
-    """PCK over layer × timestep, one panel per prompt.
+def plot_pck_grid(table: pd.DataFrame, kind: str = "heatmap", matcher: str | None = None,
+                  averaging: str | None = None, alpha: float | None = None, vmin: float = 0.0,
+                  vmax: float | None = None, title: str | None = None, axes=None,
+                  save: str | Path | None = None) -> Figure:
+    """PCK over layer × timestep, one panel per prompt, from a table with columns ``layer, timestep, prompt, pck``
+    (and optionally ``matcher, averaging, alpha``, then by default ``kernel_softmax``, ``per_image``, 0.1).
 
     Args:
-        table: tidy rows with columns ``layer, timestep, prompt, pck`` and optionally ``matcher``,
-            ``averaging``, ``alpha`` (the sweep table of notebook 01).
-        kind: ``"heatmap"`` (rows = layers, columns = timesteps, values written in the cells, one shared colour
-            bar) or ``"line"`` (PCK against timestep, one line per layer).
-        matcher, averaging, alpha: the slice to draw; left ``None`` they default to ``kernel_softmax``,
-            ``per_image`` and 0.1 when several are present.
-        vmin, vmax: colour (heat-map) or y-axis (line) range; ``vmax`` defaults to the data's maximum (at least 1).
-        title: optional figure title.
-        axes: ``P`` axes for ``P`` prompts (plus one for the colour bar with ``kind="heatmap"``); default a new
-            figure.
-        save: optional path for :func:`save_figure`.
-
-    Returns:
-        The figure: ``P + 1`` axes for ``"heatmap"`` (the last is the colour bar), ``P`` for ``"line"``.
+        kind: ``"heatmap"`` (layers × timesteps, values in the cells, one shared colour bar) or ``"line"`` (PCK
+            against timestep, one line per layer).
+        vmin, vmax: colour or y-axis range; ``vmax`` defaults to the data's maximum (at least 1).
+        axes: ``P`` axes (plus one for the colour bar with ``"heatmap"``); default a new figure.
     """
     if kind not in ("heatmap", "line"):
         raise ValueError(f"kind must be 'heatmap' or 'line', got {kind!r}")
@@ -73,63 +55,60 @@ def plot_pck_grid(
     if frame.empty:
         raise ValueError("no rows left to plot after selecting matcher / averaging / alpha")
     prompts = list(dict.fromkeys(frame["prompt"]))
-    layers = sorted(frame["layer"].unique())
-    timesteps = sorted(frame["timestep"].unique())
-    top = float(frame["pck"].max())
-    vmax = max(top, 1.0) if vmax is None else float(vmax)
-    n = len(prompts) + (1 if kind == "heatmap" else 0)
-    if axes is None:
-        if kind == "heatmap":
-            width = [1.0] * len(prompts) + [0.06]
-            fig, grid = plt.subplots(1, n, figsize=(0.9 * len(timesteps) * len(prompts) + 2.2, 0.6 * len(layers) + 1.6),
-                                     squeeze=False, gridspec_kw={"width_ratios": width})
-        else:
-            fig, grid = new_axes(1, n, panel=3.4, sharey=True)
-        flat = list(grid.ravel())
+    layers, timesteps = sorted(frame["layer"].unique()), sorted(frame["timestep"].unique())
+    vmax = max(float(frame["pck"].max()), 1.0) if vmax is None else float(vmax)
+    n = len(prompts) + (kind == "heatmap")
+    if axes is None and kind == "heatmap":
+        fig, grid = plt.subplots(1, n, figsize=(0.9 * len(timesteps) * len(prompts) + 2.2, 0.6 * len(layers) + 1.6),
+                                 squeeze=False, gridspec_kw={"width_ratios": [1.0] * len(prompts) + [0.06]})
     else:
-        flat = flat_axes(axes, n, "plot_pck_grid")
-        fig = flat[0].figure
+        fig, grid = axes_grid(axes, 1, n, "plot_pck_grid", panel=3.4, sharey=True)
     label = " · ".join(str(frame[c].iloc[0]) for c in ("matcher", "averaging") if c in frame.columns)
     if "alpha" in frame.columns:
         label = f"PCK@{float(frame['alpha'].iloc[0]):g} " + (f"({label})" if label else "")
-    for ax, prompt in zip(flat, prompts):
-        sub = frame[frame["prompt"] == prompt]
-        grid_vals = sub.pivot_table(index="layer", columns="timestep", values="pck", aggfunc="mean")
-        grid_vals = grid_vals.reindex(index=layers, columns=timesteps)
+    label = label or "PCK"
+    for ax, prompt in zip(grid[0], prompts):
+        values = frame[frame["prompt"] == prompt].pivot_table(index="layer", columns="timestep", values="pck",
+                                                               aggfunc="mean").reindex(index=layers, columns=timesteps)
         if kind == "heatmap":  # one colour bar, drawn by the last prompt's panel into the extra axes
             last = prompt == prompts[-1]
-            sns.heatmap(grid_vals.rename(index=lambda l: f"up{l}").astype(float), ax=ax, cmap="viridis", vmin=vmin,
+            sns.heatmap(values.rename(index=lambda l: f"up{l}").astype(float), ax=ax, cmap="viridis", vmin=vmin,
                         vmax=vmax, annot=True, fmt=".1f", annot_kws={"fontsize": 8}, cbar=last,
-                        cbar_ax=flat[-1] if last else None, cbar_kws={"label": label or "PCK"})
+                        cbar_ax=grid[0, -1] if last else None, cbar_kws={"label": label})
             ax.tick_params(axis="y", labelrotation=0)
-            ax.set_xlabel("timestep t")
             ax.set_ylabel("up-block")
         else:
             for l in layers:
-                ax.plot(timesteps, grid_vals.loc[l].to_numpy(dtype=float), marker="o", label=f"up_blocks[{l}]")
-            ax.set_xlabel("timestep t")
-            ax.set_ylabel(label or "PCK")
+                ax.plot(timesteps, values.loc[l].to_numpy(dtype=float), marker="o", label=f"up_blocks[{l}]")
+            ax.set_ylabel(label)
             ax.set_ylim(vmin, vmax * 1.05)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+        ax.set_xlabel("timestep t")
         ax.set_title(f"prompt: {prompt}", fontsize=9)
     return finish(fig, save, title, own=axes is None)
 
 
-def _grouped_bars(ax, frame: pd.DataFrame, x: str, hue: str, xs: list, hues: list, value: str = "pck",
-                  ci: bool = True, legend: bool = True) -> None:
-    """Bars of ``value`` at each ``x`` (groups) for each ``hue`` (bars within a group), with the table's own
-    ``ci_low`` / ``ci_high`` whiskers when present (bootstrap intervals over pairs, not seaborn's)."""
+def _small_legend(ax, title: str | None = None) -> None:
+    """Restyle the legend seaborn drew (if it drew one): small type, best place, the given title."""
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "best", fontsize=7, title=title, title_fontsize=7)
+
+
+def _grouped_bars(ax, frame: pd.DataFrame, x: str, xs: list, prompts: list, ylabel: str, ci: bool = True,
+                  legend: bool = True) -> None:
+    """Bars of ``pck`` at each ``x`` value (groups) for each prompt, with the table's own ``ci_low`` / ``ci_high``
+    whiskers when present (bootstrap intervals over pairs, not seaborn's)."""
     drawn = len(ax.containers)
-    sns.barplot(data=frame, x=x, y=value, hue=hue, order=xs, hue_order=hues, errorbar=None, palette="tab10",
+    sns.barplot(data=frame, x=x, y="pck", hue="prompt", order=xs, hue_order=prompts, errorbar=None, palette="tab10",
                 gap=0.08, legend=legend, ax=ax)
     if ci and {"ci_low", "ci_high"} <= set(frame.columns):
-        for h, bars in zip(hues, ax.containers[drawn:]):  # one container per hue level, a bar per x with a value
+        for prompt, bars in zip(prompts, ax.containers[drawn:]):  # one container per prompt, a bar per value
             if not len(bars):
                 continue
             centres = np.array([b.get_x() + b.get_width() / 2 for b in bars])
             heights = np.array([b.get_height() for b in bars])
-            rows = frame[frame[hue] == h].set_index(x).reindex([xs[int(round(c))] for c in centres])
+            rows = frame[frame["prompt"] == prompt].set_index(x).reindex([xs[int(round(c))] for c in centres])
             err = np.clip([heights - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - heights], 0,
                           None)
             ax.errorbar(centres, heights, yerr=np.nan_to_num(err), fmt="none", ecolor="black", elinewidth=0.8,
@@ -138,15 +117,10 @@ def _grouped_bars(ax, frame: pd.DataFrame, x: str, hue: str, xs: list, hues: lis
     if len(xs) > 4:
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     ax.set_xlabel("")
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    _small_legend(ax, title=hue)
-
-
-def _small_legend(ax, title: str | None = None) -> None:
-    """Restyle the legend seaborn drew (if it drew one): small type, best place, the given title."""
-    if ax.get_legend() is not None:
-        sns.move_legend(ax, "best", fontsize=7, title=title, title_fontsize=7)
+    _small_legend(ax, title="prompt")
 
 
 def _metric_label(alpha: float, averaging: str, matcher: str | None) -> str:
@@ -158,11 +132,10 @@ def plot_overview(results: pd.DataFrame, matcher: str = "kernel_softmax", alpha:
                   save: str | Path | None = None) -> Figure:
     """Overall PCK per dataset (groups) and prompt (bars) with bootstrap-CI whiskers."""
     frame = select(results, matcher=matcher, alpha=alpha, averaging=averaging, space=space, category="all")
+    frame = frame.assign(dataset=frame["dataset"].replace(BENCHMARK_NAMES))
     datasets, prompts = list(dict.fromkeys(frame["dataset"])), list(dict.fromkeys(frame["prompt"]))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.4 * len(datasets) * max(1, len(prompts)) / 2), 3.4))
-    _grouped_bars(ax, frame.assign(dataset=frame["dataset"].map(lambda d: BENCHMARK_NAMES.get(d, d))), "dataset",
-                  "prompt", [BENCHMARK_NAMES.get(d, d) for d in datasets], prompts)
-    ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
+    _grouped_bars(ax, frame, "dataset", datasets, prompts, _metric_label(alpha, averaging, matcher))
     return finish(fig, save, title)
 
 
@@ -170,15 +143,14 @@ def plot_matchers(results: pd.DataFrame, alpha: float = 0.1, averaging: str = "p
                   title: str | None = None, save: str | Path | None = None) -> Figure:
     """One panel per dataset (stacked): PCK of every matcher (groups) for each prompt (bars), CI whiskers."""
     frame = select(results, alpha=alpha, averaging=averaging, space=space, category="all")
-    datasets = list(dict.fromkeys(frame["dataset"]))
-    prompts = list(dict.fromkeys(frame["prompt"]))
+    datasets, prompts = list(dict.fromkeys(frame["dataset"])), list(dict.fromkeys(frame["prompt"]))
     matchers = [m for m in MATCHERS if m in set(frame["matcher"])]
     width = min(10.0, max(5.0, 0.35 * len(matchers) * max(len(prompts), 1) + 1.5))
     fig, axes = plt.subplots(max(len(datasets), 1), 1, figsize=(width, 2.8 * max(len(datasets), 1)), squeeze=False)
     for i, (ax, d) in enumerate(zip(axes[:, 0], datasets)):
-        _grouped_bars(ax, frame[frame["dataset"] == d], "matcher", "prompt", matchers, prompts, legend=i == 0)
+        _grouped_bars(ax, frame[frame["dataset"] == d], "matcher", matchers, prompts,
+                      _metric_label(alpha, averaging, None), legend=i == 0)
         ax.set_title(BENCHMARK_NAMES.get(d, d), fontsize=9)
-        ax.set_ylabel(_metric_label(alpha, averaging, None), fontsize=8)
     return finish(fig, save, title)
 
 
@@ -191,16 +163,13 @@ def plot_category_bars(results: pd.DataFrame, dataset: str, matcher: str = "kern
     cats = sorted(set(frame["category"]), key=lambda c: (c != "all", str(c)))
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(cats) * max(len(prompts), 1) + 1.5), 3.4))
-    else:
-        fig = ax.figure
-    _grouped_bars(ax, frame, "category", "prompt", cats, prompts, ci=ci)
-    ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
+        ax = plt.subplots(figsize=(max(4.5, 0.35 * len(cats) * max(len(prompts), 1) + 1.5), 3.4))[1]
+    _grouped_bars(ax, frame, "category", cats, prompts, _metric_label(alpha, averaging, matcher), ci=ci)
     if own:
-        return finish(fig, save, title)
+        return finish(ax.figure, save, title)
     if title:
         ax.set_title(title, fontsize=9)
-    return fig
+    return ax.figure
 
 
 def plot_flags(flags: pd.DataFrame, matcher: str = "kernel_softmax", alpha: float = 0.1,
@@ -208,28 +177,22 @@ def plot_flags(flags: pd.DataFrame, matcher: str = "kernel_softmax", alpha: floa
                title: str | None = None, save: str | Path | None = None) -> Figure:
     """One panel per difficulty flag: PCK at each flag value (``all`` first) for each prompt, CI whiskers."""
     frame = select(flags, matcher=matcher, alpha=alpha, averaging=averaging, space=space, dataset=dataset)
-    names = list(dict.fromkeys(frame["flag"]))
-    prompts = list(dict.fromkeys(frame["prompt"]))
+    frame = frame.assign(value=frame["value"].astype(str))
+    names, prompts = list(dict.fromkeys(frame["flag"])), list(dict.fromkeys(frame["prompt"]))
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.0 * max(len(names), 1), 3.2), squeeze=False)
     for i, (ax, flag) in enumerate(zip(axes[0], names)):
-        sub = frame[frame["flag"] == flag].copy()
-        sub["value"] = sub["value"].astype(str)
+        sub = frame[frame["flag"] == flag]
         values = sorted(set(sub["value"]), key=lambda v: (v != "all", v))
-        _grouped_bars(ax, sub, "value", "prompt", values, prompts, legend=i == 0)
+        _grouped_bars(ax, sub, "value", values, prompts, _metric_label(alpha, averaging, matcher), legend=i == 0)
         ax.set_title(flag.replace("_", " "), fontsize=9)
-        ax.set_ylabel(_metric_label(alpha, averaging, matcher), fontsize=8)
     return finish(fig, save, title)
 
 
 def plot_cpm_state(before, after, labels: tuple[str, str] = ("before training", "after training"),
                    title: str | None = None, save: str | Path | None = None) -> Figure:
-    """What training did to a CPM's gate and tokens.
-
-    Panels: (1) histogram of the gate values ``tanh(alpha_cond)`` (all ``C × D`` entries) before and after;
-    (2) heat-map of the gate after training ``(C, D)``; (3) heat-map of its change; (4) L2 norm per token of
-    ``global_embeds`` (tokens ``0..G-1``), ``positional_embedding`` and the gate (tokens ``G..G+C-1``), before
-    (dashed) and after (solid) — :meth:`~sd4match_utils.conditioning.ConditionalPrompt.token_norms`.
-    """
+    """What training did to a CPM: histogram of the gate ``tanh(alpha_cond)`` before and after, heat-maps of the
+    gate ``(C, D)`` after training and of its change, and the L2 norm per token
+    (:meth:`~sd4match_utils.conditioning.ConditionalPrompt.token_norms`) before (dashed) and after (solid)."""
     g0, g1 = before.gate().numpy(), after.gate().numpy()
     n0, n1 = before.token_norms(), after.token_norms()
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
@@ -267,19 +230,9 @@ def plot_cpm_state(before, after, labels: tuple[str, str] = ("before training", 
     return finish(fig, save, title)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# prompt tuning and its ablations (notebooks 02 and 03)
-# --------------------------------------------------------------------------------------------------------------
-
-
 def plot_prompt_comparison(table: pd.DataFrame, title: str | None = None, save: str | Path | None = None) -> Figure:
     """Grouped bars of test PCK: one panel per matcher (columns) × averaging (rows), prompts on the x axis, one bar
-    per α.
-
-    Args:
-        table: PCK records (:func:`~sd4match_utils.metrics.pck_records`, one space and category) with a
-            ``prompt`` column: columns ``prompt, matcher, averaging, alpha, pck``.
-    """
+    per α; ``table``: :func:`~sd4match_utils.metrics.pck_records` of one space and category plus ``prompt``."""
     alphas = sorted(table["alpha"].unique())
     data = table.assign(α=table["alpha"].map(lambda a: f"α={a:g}"))
     grid = sns.catplot(data=data, kind="bar", x="prompt", y="pck", hue="α", col="matcher", row="averaging",
@@ -299,18 +252,14 @@ def plot_prompt_comparison(table: pd.DataFrame, title: str | None = None, save: 
 
 def plot_training(curves: pd.DataFrame, summary: pd.DataFrame, title: str | None = None,
                   save: str | Path | None = None) -> Figure:
-    """Training loss against step (one line per prompt) and validation PCK before / after training (bars).
-
-    Args:
-        curves: output of :func:`~sd4match_utils.report.training_curves`.
-        summary: output of :func:`~sd4match_utils.report.training_table`.
+    """Training loss against step, one line per prompt (``curves``: :func:`~sd4match_utils.report.training_curves`),
+    and validation PCK before / after training as bars (``summary``: :func:`~sd4match_utils.report.training_table`).
     """
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(8.4, 3.0))
     sns.lineplot(data=curves[curves["kind"] == "train"], x="step", y="loss", hue="prompt", marker=".",
                  errorbar=None, ax=ax_loss)
     ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_loss.set_xlabel("optimiser step")
-    ax_loss.set_ylabel("training loss")
+    ax_loss.set(xlabel="optimiser step", ylabel="training loss")
     ax_loss.grid(alpha=0.3)
     _small_legend(ax_loss)
     when = {"val_pck_before": "before training", "val_pck_last": "after training"}
@@ -320,8 +269,7 @@ def plot_training(curves: pd.DataFrame, summary: pd.DataFrame, title: str | None
     for bars in ax_val.containers:
         ax_val.bar_label(bars, fmt="%.1f", fontsize=7)
     ax_val.margins(y=0.15)
-    ax_val.set_xlabel("")
-    ax_val.set_ylabel("validation nn-PCK@0.1 (%)")
+    ax_val.set(xlabel="", ylabel="validation nn-PCK@0.1 (%)")
     ax_val.grid(axis="y", alpha=0.3)
     _small_legend(ax_val)
     return finish(fig, save, title)
@@ -333,21 +281,18 @@ def plot_ablations(tables: Mapping[str, pd.DataFrame], alpha: float = 0.1, avera
     """One panel per axis: test PCK@``alpha`` against the axis's values (categorical x), one line per matcher.
 
     Args:
-        tables: axis → PCK records of each value (columns ``value, matcher, averaging, alpha, pck``), values in
-            the order to draw.
+        tables: axis → PCK records per value (columns ``value, matcher, averaging, alpha, pck``), in drawing order.
         base: axis → the base run's value, shaded in its panel.
     """
     n = len(tables)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols) if n else 1
-    fig, axes = plt.subplots(rows, max(cols, 1), figsize=(3.3 * max(cols, 1), 2.8 * rows), squeeze=False,
-                             sharey=True)
+    cols = max(min(n, 3), 1)
+    rows = max(math.ceil(n / cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.8 * rows), squeeze=False, sharey=True)
     flat = list(axes.ravel())
     show = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
     for i, (ax, (axis, table)) in enumerate(zip(flat, tables.items())):
         sub = table[(table["averaging"] == averaging) & np.isclose(table["alpha"], alpha)]
-        values = list(dict.fromkeys(sub["value"]))
-        matchers = list(dict.fromkeys(sub["matcher"]))
+        values, matchers = list(dict.fromkeys(sub["value"])), list(dict.fromkeys(sub["matcher"]))
         sns.pointplot(data=sub.assign(shown=sub["value"].map(show)), x="shown", y="pck", hue="matcher",
                       order=[show(v) for v in values], hue_order=matchers, errorbar=None,
                       markers=["os^D"[k % 4] for k in range(len(matchers))],

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -19,307 +20,174 @@ from PIL import Image, ImageDraw, ImageFont
 from ..benchmark import BENCHMARK_NAMES, load_predictions
 from ..explore import ClickResult
 from ..metrics import clamp_gt, pck_correct
-from .base import GT, OK, WRONG, as_points, finish, flat_axes, new_axes, resized, upsample_map
-
-#: A principal component whose value range is below this fraction of the first one's is drawn flat (0.5).
-_FLAT_COMPONENT = 1e-6
-
-
-def _as_chw(feat, name: str) -> np.ndarray:
-    """A ``(C, h, w)`` tensor / array as float64 numpy."""
-    if isinstance(feat, torch.Tensor):
-        feat = feat.detach().to("cpu", torch.float64).numpy()
-    arr = np.asarray(feat, dtype=np.float64)
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must have shape (C, h, w), got {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[2] < 1:
-        raise ValueError(f"{name} must be non-empty, got {arr.shape}")
-    return arr
+from .base import GT, OK, WRONG, as_points, axes_grid, finish, frame, resized, show_pair, to_numpy, upsample_map
 
 
 def pca_rgb_joint(feats: Sequence) -> list[np.ndarray]:
-    """Colour several feature maps with their first 3 principal components, in one shared basis.
+    """Colour feature maps with their first 3 principal components in one shared basis, each min-max scaled over
+    all maps together (one colour = one feature direction in every map); eigenvector signs are fixed (largest entry
+    positive). Components with a range below 1e-6 of the first one's, or missing (``C < 3``), are a flat 0.5.
 
-    All cells of all maps are pooled, centred, and projected on the top 3 eigenvectors of their channel
-    covariance; each component is min-max scaled to ``[0, 1]`` over all maps together, so the same colour means
-    the same feature direction in every map. Each eigenvector's sign is fixed (its largest-magnitude entry is
-    positive), so the colouring is deterministic. Components whose range is negligible next to the first one
-    (e.g. the data have rank 1) are drawn as a constant 0.5 rather than amplified noise; with fewer than 3
-    channels the missing components are 0.5 too.
-
-    Args:
-        feats: ``M`` feature maps of shapes ``(C, h_i, w_i)`` (same ``C``; tensors or arrays).
-
-    Returns:
-        ``M`` float32 arrays ``(h_i, w_i, 3)`` with values in ``[0, 1]``.
+    Shape:
+        - feats: ``M`` maps :math:`(C, h_i, w_i)` (tensors or arrays)
+        - Output: ``M`` float32 arrays :math:`(h_i, w_i, 3)`
     """
     if len(feats) == 0:
         raise ValueError("pca_rgb_joint needs at least one feature map")
-    maps = [_as_chw(f, f"feats[{i}]") for i, f in enumerate(feats)]
+    maps = [to_numpy(f) for f in feats]
+    for i, m in enumerate(maps):
+        if m.ndim != 3:
+            raise ValueError(f"feats[{i}] must have shape (C, h, w), got {m.shape}")
+        if min(m.shape) < 1:
+            raise ValueError(f"feats[{i}] must be non-empty, got {m.shape}")
     c = maps[0].shape[0]
     if any(m.shape[0] != c for m in maps):
         raise ValueError(f"all maps must have the same number of channels, got {[m.shape[0] for m in maps]}")
-    rows = np.concatenate([m.reshape(c, -1).T for m in maps], axis=0)  # (sum h·w, C)
+    rows = np.concatenate([m.reshape(c, -1).T for m in maps], axis=0)  # (Σ h·w, C)
     if not np.all(np.isfinite(rows)):
         raise ValueError("feature maps contain NaN or infinite values")
     rows = rows - rows.mean(axis=0, keepdims=True)
-    _, vecs = np.linalg.eigh(rows.T @ rows)  # ascending eigenvalues
     k = min(3, c)
-    vecs = vecs[:, ::-1][:, :k]
+    vecs = np.linalg.eigh(rows.T @ rows)[1][:, ::-1][:, :k]  # eigh: ascending eigenvalues
     signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(k)])
-    vecs = vecs * np.where(signs == 0, 1.0, signs)
-    proj = rows @ vecs  # (sum h·w, k)
-    lo, hi = proj.min(axis=0), proj.max(axis=0)
-    span = hi - lo
-    ref = span[0] if span.size else 0.0
+    proj = rows @ (vecs * np.where(signs == 0, 1.0, signs))  # (Σ h·w, k)
+    lo, span = proj.min(axis=0), np.ptp(proj, axis=0)
     rgb = np.full((rows.shape[0], 3), 0.5)
     for j in range(k):
-        if span[j] > max(_FLAT_COMPONENT * ref, 1e-12):
+        if span[j] > max(1e-6 * span[0], 1e-12):
             rgb[:, j] = (proj[:, j] - lo[j]) / span[j]
-    out, start = [], 0
-    for m in maps:
-        n = m.shape[1] * m.shape[2]
-        out.append(np.clip(rgb[start : start + n], 0.0, 1.0).reshape(m.shape[1], m.shape[2], 3).astype(np.float32))
-        start += n
-    return out
+    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    parts = np.split(rgb, np.cumsum([m.shape[1] * m.shape[2] for m in maps])[:-1])
+    return [part.reshape(m.shape[1], m.shape[2], 3) for part, m in zip(parts, maps)]
 
 
 def pca_rgb(feat) -> np.ndarray:
-    """First 3 principal components of one feature map as colours.
+    """First 3 principal components of one feature map as colours in ``[0, 1]`` (see :func:`pca_rgb_joint`).
 
-    Args:
-        feat: ``(C, h, w)`` feature map (tensor or array).
-
-    Returns:
-        ``(h, w, 3)`` float32 in ``[0, 1]`` (see :func:`pca_rgb_joint` for the details).
+    Shape:
+        - feat: :math:`(C, h, w)`
+        - Output: :math:`(h, w, 3)`, float32
     """
     return pca_rgb_joint([feat])[0]
 
 
+def plot_pca(images: Sequence, feats_by_layer: Mapping[int, torch.Tensor], img_size: int | None = None,
+             joint: bool = True, layer_names: Mapping[int, str] | None = None, title: str | None = None, axes=None,
+             save: str | Path | None = None) -> Figure:
+    """Grid of PCA colourings: one row per image, columns = the image (resized to ``img_size`` if given), then one
+    panel per layer (``joint``: one PCA basis per layer; ``layer_names``: column titles; ``axes``: ``B · (1 + L)``).
 
-def plot_pca(
-    images: Sequence,
-    feats_by_layer: Mapping[int, torch.Tensor],
-    img_size: int | None = None,
-    joint: bool = True,
-    layer_names: Mapping[int, str] | None = None,
-    title: str | None = None,
-    axes=None,
-    save: str | Path | None = None,
-) -> Figure:
-    """Grid of PCA colourings: one row per image, columns = the image then one panel per layer.
-
-    Args:
-        images: ``B`` PIL images (shown resized to ``img_size`` when given).
-        feats_by_layer: ``{layer: (B, C_l, h_l, w_l)}`` features of those images (e.g. a
-            :class:`~sd4match_utils.features.FeatureExtractor` output).
-        img_size: display size of the images (``None``: as given).
-        joint: share one PCA basis across the ``B`` images of a layer (the same colour then marks the same
-            feature direction in every image); ``False`` fits each map alone.
-        layer_names: optional column titles per layer (default ``"up_blocks[l]  C×h×w"``).
-        title: optional figure title.
-        axes: ``B × (1 + L)`` axes to draw into (any shape with that many); default a new figure.
-        save: optional path for :func:`save_figure`.
-
-    Returns:
-        The figure (``B · (1 + L)`` axes).
+    Shape:
+        - images: ``B`` PIL images; feats_by_layer: ``{layer: (B, C_l, h_l, w_l)}``
     """
-    layers = list(feats_by_layer)
-    b = len(images)
+    layers, b = list(feats_by_layer), len(images)
     if b == 0 or not layers:
         raise ValueError("plot_pca needs at least one image and one layer")
     for l in layers:
         if feats_by_layer[l].shape[0] != b:
             raise ValueError(f"layer {l} has features for {feats_by_layer[l].shape[0]} images, expected {b}")
-    ncols = 1 + len(layers)
-    if axes is None:
-        fig, grid = new_axes(b, ncols)
-    else:
-        grid = np.asarray(flat_axes(axes, b * ncols, "plot_pca"), dtype=object).reshape(b, ncols)
-        fig = grid[0, 0].figure
-    colours = {}
-    for l in layers:
-        maps = [feats_by_layer[l][i] for i in range(b)]
-        colours[l] = pca_rgb_joint(maps) if joint else [pca_rgb(m) for m in maps]
+    fig, grid = axes_grid(axes, b, 1 + len(layers), "plot_pca")
+    grid[0, 0].set_title("image", fontsize=9)
     for i, image in enumerate(images):
-        ax = grid[i, 0]
-        ax.imshow(resized(image, img_size))
-        if i == 0:
-            ax.set_title("image", fontsize=9)
-        for j, l in enumerate(layers, start=1):
-            ax = grid[i, j]
-            ax.imshow(colours[l][i], interpolation="nearest")
-            if i == 0:
-                c, h, w = tuple(feats_by_layer[l].shape[1:])
-                title = (layer_names or {}).get(l, f"up_blocks[{l}]  {c}×{h}×{w}")
-                ax.set_title(title, fontsize=9)
+        grid[i, 0].imshow(resized(image, img_size))
+    for j, l in enumerate(layers, start=1):
+        maps = list(feats_by_layer[l])
+        for ax, colours in zip(grid[:, j], pca_rgb_joint(maps) if joint else [pca_rgb(m) for m in maps]):
+            ax.imshow(colours, interpolation="nearest")
+        c, h, w = tuple(feats_by_layer[l].shape[1:])
+        grid[0, j].set_title((layer_names or {}).get(l, f"up_blocks[{l}]  {c}×{h}×{w}"), fontsize=9)
     for ax in grid.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     return finish(fig, save, title, own=axes is None)
 
 
-def plot_similarity(
-    src_img,
-    trg_img,
-    src_xy,
-    sim_map,
-    pred_xy=None,
-    gt_xy=None,
-    img_size: int | None = None,
-    cmap: str = "jet",
-    alpha: float = 0.55,
-    title: str | None = None,
-    axes=None,
-    save: str | Path | None = None,
-) -> Figure:
-    """The source with its keypoint, then the target under each similarity heat-map.
+def plot_similarity(src_img, trg_img, src_xy, sim_map, pred_xy=None, gt_xy=None, img_size: int | None = None,
+                    cmap: str = "jet", alpha: float = 0.55, title: str | None = None, axes=None,
+                    save: str | Path | None = None) -> Figure:
+    """The source with its keypoint, then the target under each similarity heat-map (upsampled bilinearly, align
+    corners) with the prediction (white ×) and the ground truth.
 
     Args:
-        src_img, trg_img: PIL images (shown resized to ``img_size`` when given).
-        src_xy: ``(2,)`` source keypoint ``(x, y)`` in ``img_size`` pixels.
-        sim_map: ``(h, w)`` cosine map of that keypoint against the target, or ``{label: (h, w)}`` for several
-            (one target panel each, e.g. one per up-block). Each map is upsampled bilinearly (align corners) to
-            the image size before it is overlaid.
-        pred_xy: ``(2,)`` predicted target point, or ``{label: (2,)}`` matching ``sim_map``'s labels.
-        gt_xy: ``(2,)`` ground-truth target point (drawn in every target panel).
+        sim_map, pred_xy: one cosine map and prediction, or ``{label: ...}`` of each (one target panel per map).
         img_size: display size of both images; default the source image's width (images should then be square).
-        cmap, alpha: colour map and opacity of the heat-map.
-        title: optional figure title.
         axes: ``1 + M`` axes (``M`` maps); default a new figure with one row.
-        save: optional path for :func:`save_figure`.
 
-    Returns:
-        The figure (``1 + M`` axes).
+    Shape:
+        - src_xy, pred_xy, gt_xy: :math:`(2)` in ``img_size`` pixels; sim_map: :math:`(h, w)` each
     """
     maps = dict(sim_map) if isinstance(sim_map, Mapping) else {"similarity": sim_map}
     if not maps:
         raise ValueError("plot_similarity needs at least one similarity map")
-    preds = dict(pred_xy) if isinstance(pred_xy, Mapping) else {k: pred_xy for k in maps}
+    preds = dict(pred_xy) if isinstance(pred_xy, Mapping) else dict.fromkeys(maps, pred_xy)
     src = resized(src_img, img_size)
     size = src.shape[1] if img_size is None else int(img_size)
     trg = resized(trg_img, size)
-    n = 1 + len(maps)
-    if axes is None:
-        fig, grid = new_axes(1, n)
-        flat = list(grid.ravel())
-    else:
-        flat = flat_axes(axes, n, "plot_similarity")
-        fig = flat[0].figure
-    sx, sy = as_points(src_xy, "src_xy")[0]
+    fig, grid = axes_grid(axes, 1, 1 + len(maps), "plot_similarity")
+    flat = list(grid.ravel())
+    dot = dict(s=60, c=GT, edgecolors="black", linewidths=1.0, zorder=3)
     flat[0].imshow(src)
-    flat[0].scatter([sx], [sy], s=60, c=GT, edgecolors="black", linewidths=1.0, zorder=3)
+    flat[0].scatter(*as_points(src_xy, "src_xy")[:1].T, **dot)
     flat[0].set_title("source keypoint", fontsize=9)
     for ax, (label, sim) in zip(flat[1:], maps.items()):
         ax.imshow(trg)
         ax.imshow(upsample_map(sim, size), cmap=cmap, alpha=alpha, extent=(-0.5, size - 0.5, size - 0.5, -0.5))
         if gt_xy is not None:
-            gx, gy = as_points(gt_xy, "gt_xy")[0]
-            ax.scatter([gx], [gy], s=60, c=GT, edgecolors="black", linewidths=1.0, zorder=3, label="ground truth")
-        pred = preds.get(label)
-        if pred is not None:
-            px, py = as_points(pred, "pred_xy")[0]
-            ax.scatter([px], [py], s=70, marker="x", c="white", linewidths=2.0, zorder=4, label="prediction")
+            ax.scatter(*as_points(gt_xy, "gt_xy")[:1].T, **dot, label="ground truth")
+        if preds.get(label) is not None:
+            ax.scatter(*as_points(preds[label], "pred_xy")[:1].T, s=70, marker="x", c="white", linewidths=2.0,
+                       zorder=4, label="prediction")
         ax.set_title(str(label), fontsize=9)
     for ax in flat:
-        ax.set_xlim(-0.5, size - 0.5)
-        ax.set_ylim(size - 0.5, -0.5)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if len(flat) > 1 and (gt_xy is not None or any(p is not None for p in preds.values())):
+        frame(ax, size, size)
+    if gt_xy is not None or any(p is not None for p in preds.values()):
         flat[-1].legend(loc="lower right", fontsize=7, framealpha=0.7)
     return finish(fig, save, title, own=axes is None)
 
 
-def plot_matches(
-    sample,
-    pred,
-    correct,
-    show_gt: bool = True,
-    title: str | None = None,
-    ax: Axes | None = None,
-    save: str | Path | None = None,
-) -> Figure:
-    """Source and target side by side, a line from each source keypoint to its prediction, green when correct.
+def plot_matches(sample, pred, correct, show_gt: bool = True, title: str | None = None, ax: Axes | None = None,
+                 save: str | Path | None = None) -> Figure:
+    """Source and target of a :class:`~sd4match_utils.data.PairSample` side by side, a line from each source keypoint
+    to its prediction, green when correct (lines ``gid="match"``), hollow yellow circles at the ground truth.
 
-    Args:
-        sample: a :class:`~sd4match_utils.data.PairSample` (uses ``src_image``, ``trg_image``, ``src_kps_r``,
-            ``trg_kps_r`` and ``img_size``).
-        pred: ``(N, 2)`` predicted target points in ``img_size`` pixels.
-        correct: ``(N,)`` bool, e.g. from :func:`~sd4match_utils.metrics.pck_correct`.
-        show_gt: mark the ground-truth target points (hollow circles) too.
-        title: optional axes title.
-        ax: one axes to draw into; default a new figure.
-        save: optional path for :func:`save_figure`.
-
-    Returns:
-        The figure (1 axes; its match lines have ``gid="match"``, the white separator ``gid="separator"``).
+    Shape:
+        - pred: :math:`(N, 2)` in ``img_size`` pixels; correct: :math:`(N)`, bool
     """
     s = int(sample.img_size)
-    src_kps = as_points(sample.src_kps_r, "sample.src_kps_r")
-    pred = as_points(pred, "pred")
-    correct = np.asarray(correct.detach().cpu() if isinstance(correct, torch.Tensor) else correct, dtype=bool)
-    correct = correct.reshape(-1)
+    src_kps, pred = as_points(sample.src_kps_r, "sample.src_kps_r"), as_points(pred, "pred")
+    correct = to_numpy(correct, bool).reshape(-1)
     if not (src_kps.shape[0] == pred.shape[0] == correct.shape[0]):
         raise ValueError(f"need as many predictions and flags as keypoints: {src_kps.shape[0]} keypoints, "
                          f"{pred.shape[0]} predictions, {correct.shape[0]} flags")
-    canvas = np.concatenate([resized(sample.src_image, s), resized(sample.trg_image, s)], axis=1)
-    if ax is None:
-        fig, grid = new_axes(1, 1, panel=1)
-        fig.set_size_inches(7.0, 3.6)
-        ax = grid[0, 0]
-        own = True
-    else:
-        fig, own = ax.figure, False
-    ax.imshow(canvas)
-    ax.axvline(s - 0.5, color="white", linewidth=1.0, gid="separator")
-    for (x0, y0), (x1, y1), ok in zip(src_kps, pred, correct):
-        colour = OK if ok else WRONG
+    own = ax is None
+    if own:
+        ax = plt.subplots(figsize=(7.0, 3.6))[1]
+    show_pair(ax, sample, s)
+    colours = np.where(correct, OK, WRONG)
+    for (x0, y0), (x1, y1), colour in zip(src_kps, pred, colours):
         ax.plot([x0, x1 + s], [y0, y1], color=colour, linewidth=1.2, alpha=0.9, gid="match")
     ax.scatter(src_kps[:, 0], src_kps[:, 1], s=18, c="white", edgecolors="black", linewidths=0.6, zorder=3)
-    ax.scatter(pred[:, 0] + s, pred[:, 1], s=22, c=np.where(correct, OK, WRONG), edgecolors="black",
-               linewidths=0.6, zorder=4)
+    ax.scatter(pred[:, 0] + s, pred[:, 1], s=22, c=colours, edgecolors="black", linewidths=0.6, zorder=4)
     if show_gt:
         gt = as_points(sample.trg_kps_r, "sample.trg_kps_r")
         ax.scatter(gt[:, 0] + s, gt[:, 1], s=40, facecolors="none", edgecolors=GT, linewidths=1.2, zorder=3)
-    n_ok = int(correct.sum())
-    ax.set_title(title if title is not None else f"{n_ok}/{correct.size} correct", fontsize=9)
-    ax.set_xlim(-0.5, 2 * s - 0.5)
-    ax.set_ylim(s - 0.5, -0.5)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return finish(fig, save, own=own)
+    ax.set_title(title if title is not None else f"{int(correct.sum())}/{correct.size} correct", fontsize=9)
+    return finish(ax.figure, save, own=own)
 
 
-def plot_explorer(
-    src_img,
-    trg_img,
-    results: Mapping,
-    img_size: int,
-    gt_xy=None,
-    title: str | None = None,
-    axes=None,
-    save: str | Path | None = None,
-) -> Figure:
-    """The match explorer's view as a static figure: the clicked source point, then one target panel per prompt
-    with the similarity heat-map, the prediction (white cross), the top-k candidates (numbered, best = 1) and the
-    ground truth (yellow dot) when given.
+def plot_explorer(src_img, trg_img, results: Mapping, img_size: int, gt_xy=None, title: str | None = None,
+                  axes=None, save: str | Path | None = None) -> Figure:
+    """The explorer's view of one click (``{label: ClickResult}`` of :func:`~sd4match_utils.explore.explore_click`):
+    the source point, then per prompt :func:`plot_similarity`'s panel plus the numbered top-k candidates
+    (``gid="candidate"``).
 
-    Args:
-        src_img, trg_img: PIL images (shown resized to ``img_size``).
-        results: ``{label: ClickResult}`` from :func:`~sd4match_utils.explore.explore_click` (one click).
-        img_size: side of the resized images the results refer to.
-        gt_xy: ``(2,)`` ground-truth target point, or ``None``.
-        title, axes, save: as in :func:`plot_similarity` (``1 + len(results)`` axes).
-
-    Returns:
-        The figure (``1 + M`` axes; candidate markers have ``gid="candidate"``).
+    Shape:
+        - gt_xy: :math:`(2)` in ``img_size`` pixels, or ``None``
     """
     if not results:
         raise ValueError("plot_explorer needs at least one result")
-    first = next(iter(results.values()))
     labels = {label: f"prompt: {label}" for label in results}
-    fig = plot_similarity(src_img, trg_img, first.src_xy, {labels[k]: r.heatmap for k, r in results.items()},
+    fig = plot_similarity(src_img, trg_img, next(iter(results.values())).src_xy,
+                          {labels[k]: r.heatmap for k, r in results.items()},
                           pred_xy={labels[k]: r.pred_xy for k, r in results.items()}, gt_xy=gt_xy,
                           img_size=img_size, axes=axes)
     for ax, r in zip(fig.axes[1:1 + len(results)], results.values()):
@@ -333,15 +201,13 @@ def plot_explorer(
 
 def plot_best_worst(runs: pd.DataFrame, selection: pd.DataFrame, alpha: float = 0.1, title: str | None = None,
                     save: str | Path | None = None) -> Figure:
-    """The selected best and worst pairs (:func:`~sd4match_utils.benchmark.best_worst`) with their matches, one row
-    per dataset × prompt: :func:`plot_matches` of each pair (green within ``alpha · thr``, red otherwise, hollow
-    yellow circles at the ground truth)."""
+    """The selected best and worst pairs (:func:`~sd4match_utils.benchmark.best_worst`), one row per dataset ×
+    prompt: :func:`plot_matches` of each pair at PCK@``alpha``."""
     from ..data import load_dataset
 
     groups = list(selection.groupby(["dataset", "prompt", "matcher"], sort=False))
-    ncols = max((len(g) for _, g in groups), default=1)
-    fig, axes = new_axes(max(len(groups), 1), ncols, panel=1)
-    fig.set_size_inches(3.6 * ncols, 2.4 * max(len(groups), 1) + 0.4)
+    nrows, ncols = max(len(groups), 1), max((len(g) for _, g in groups), default=1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.4 * nrows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for r, ((dataset, prompt, matcher), sel) in enumerate(groups):
@@ -365,25 +231,17 @@ def plot_best_worst(runs: pd.DataFrame, selection: pd.DataFrame, alpha: float = 
 
 def plot_prediction_changes(dataset, changes: pd.DataFrame, labels: tuple[str, str] = ("Class", "CPM"),
                             n_pairs: int = 3, title: str | None = None, save: str | Path | None = None) -> Figure:
-    """Pairs where prompt B (e.g. CPM) answers differently from prompt A (e.g. Class), both predictions drawn.
-
-    Source | target side by side (resized to the dataset's ``img_size``): numbered source keypoints; on the target
-    the ground truth (hollow yellow), A's prediction (×) and B's (●), each green when within ``alpha · thr`` and
-    red otherwise, and an arrow from A's to B's prediction for every changed keypoint. The pairs shown are the
-    ``n_pairs`` with the most changed keypoints (then most fixed + broken) of
-    :func:`~sd4match_utils.benchmark.prediction_changes`.
-    """
+    """The ``n_pairs`` pairs of :func:`~sd4match_utils.benchmark.prediction_changes` with the most changed keypoints
+    (then most fixed + broken), source | target side by side: numbered changed source keypoints, the ground truth
+    (hollow yellow), prompt A's prediction (×) and B's (●), green when correct, an arrow from A's to B's."""
     stats = changes.assign(decided=changes["outcome"].isin(["fixed", "broken"]))
     stats = stats.groupby(["pair_id", "category"], sort=False)[["changed", "decided"]].sum()
     pairs = list(stats.sort_values(["changed", "decided"], ascending=False, kind="stable").index[:n_pairs])
     index = {(e.pair_id, e.category): i for i, e in enumerate(dataset.entries)}
     s = int(dataset.img_size)
-    fig, axes = new_axes(max(len(pairs), 1), 1, panel=1)
-    fig.set_size_inches(7.2, 3.7 * max(len(pairs), 1))
+    fig, axes = plt.subplots(max(len(pairs), 1), 1, figsize=(7.2, 3.7 * max(len(pairs), 1)), squeeze=False)
     for ax, (pair_id, category) in zip(axes[:, 0], pairs):
-        sample = dataset[index[(pair_id, category)]]
-        ax.imshow(np.concatenate([resized(sample.src_image, s), resized(sample.trg_image, s)], axis=1))
-        ax.axvline(s - 0.5, color="white", linewidth=1.0)
+        show_pair(ax, dataset[index[(pair_id, category)]], s)
         rows = changes[(changes["pair_id"] == pair_id) & (changes["category"] == category)].sort_values("kp_index")
         for r in rows.itertuples(index=False):
             ax.scatter([r.src_x], [r.src_y], s=18, c="white", edgecolors="black", linewidths=0.6, zorder=3)
@@ -400,10 +258,6 @@ def plot_prediction_changes(dataset, changes: pd.DataFrame, labels: tuple[str, s
         ax.set_title(f"{category} · {pair_id}: {labels[0]} {int(rows['correct_a'].sum())}/{n} → {labels[1]} "
                      f"{int(rows['correct_b'].sum())}/{n} correct · {int(rows['changed'].sum())} changed "
                      f"(× {labels[0]}, ● {labels[1]})", fontsize=7)
-        ax.set_xlim(-0.5, 2 * s - 0.5)
-        ax.set_ylim(s - 0.5, -0.5)
-        ax.set_xticks([])
-        ax.set_yticks([])
     if not pairs:
         axes[0, 0].text(0.5, 0.5, "no pairs", ha="center", va="center")
         axes[0, 0].axis("off")
@@ -423,76 +277,68 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _dot(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill, outline=_BLACK, width: int = 1) -> None:
+def _shown(xy, scale: float) -> np.ndarray:
+    """Pixel centres of points ``(x, y)`` in an image shown ``scale`` times larger."""
+    return (np.asarray(xy, dtype=np.float64) + 0.5) * scale
+
+
+def _dot(draw: ImageDraw.ImageDraw, xy, r: float, fill, outline=_BLACK, width: int = 1) -> None:
+    x, y = xy
     draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=outline, width=width)
-
-
-def _cross(draw: ImageDraw.ImageDraw, x: float, y: float, r: float) -> None:
-    for colour, w in ((_BLACK, 5), (_WHITE, 3)):
-        draw.line([x - r, y - r, x + r, y + r], fill=colour, width=w)
-        draw.line([x - r, y + r, x + r, y - r], fill=colour, width=w)
-
-
-def _heat_rgb(heatmap: np.ndarray, display: int, cmap: str = "jet") -> np.ndarray:
-    """``(h, w)`` map → ``(display, display, 3)`` uint8 colours, upsampled bilinearly with aligned corners (cell
-    ``j`` at pixel ``j·(display − 1)/(w − 1)``, as the matcher's grid), scaled to its own min..max."""
-    up = upsample_map(heatmap, display)
-    lo, hi = float(up.min()), float(up.max())
-    norm = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
-    return (matplotlib.colormaps[cmap](norm)[..., :3] * 255).astype(np.uint8)
 
 
 def render_source_png(image: Image.Image, img_size: int, display: int = 256, click_xy=None, kps=None) -> bytes:
     """The source image at ``display × display`` with the annotated keypoints (small hollow circles) and the
-    clicked point (yellow dot). Points are in ``img_size`` pixels."""
+    clicked point (yellow dot)."""
     img = Image.fromarray(resized(image, display))
     draw = ImageDraw.Draw(img)
     s = display / img_size
     if kps is not None:
-        for x, y in np.asarray(kps, dtype=np.float64).reshape(-1, 2):
-            draw.ellipse([(x + 0.5) * s - 3, (y + 0.5) * s - 3, (x + 0.5) * s + 3, (y + 0.5) * s + 3], outline=_WHITE)
+        for xy in _shown(np.asarray(kps, dtype=np.float64).reshape(-1, 2), s):
+            _dot(draw, xy, 3, None, _WHITE)
     if click_xy is not None:
-        x, y = np.asarray(click_xy, dtype=np.float64)
-        _dot(draw, (x + 0.5) * s, (y + 0.5) * s, 5, _YELLOW, width=2)
+        _dot(draw, _shown(click_xy, s), 5, _YELLOW, width=2)
     return _png(img)
 
 
 def render_target_png(image: Image.Image, result: ClickResult, display: int = 256, gt_xy=None,
                       alpha: float = 0.5) -> bytes:
-    """The target image under the heat-map, with the top-k candidates (numbered dots, best = 1), the prediction
-    (white cross) and, when given, the ground truth (yellow dot), at ``display × display``."""
-    base = resized(image, display).astype(np.float32)
-    mixed = (1 - alpha) * base + alpha * _heat_rgb(result.heatmap, display).astype(np.float32)
+    """The target image at ``display × display`` under the heat-map (scaled to its own min..max), with the top-k
+    candidates (numbered dots, best = 1), the ground truth (yellow dot) when given, and the prediction (white ×)."""
+    up = upsample_map(result.heatmap, display)
+    lo, hi = float(up.min()), float(up.max())
+    norm = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
+    heat = (matplotlib.colormaps["jet"](norm)[..., :3] * 255).astype(np.uint8)
+    mixed = (1 - alpha) * resized(image, display).astype(np.float32) + alpha * heat.astype(np.float32)
     img = Image.fromarray(mixed.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     s = display / result.img_size
     font = ImageFont.load_default()
-    for rank, (x, y) in reversed(list(enumerate(result.topk_xy, start=1))):
-        px, py = (x + 0.5) * s, (y + 0.5) * s
-        _dot(draw, px, py, 6, _WHITE)
-        draw.text((px, py), str(rank), fill=_BLACK, font=font, anchor="mm")
+    for rank, xy in reversed(list(enumerate(_shown(result.topk_xy, s), start=1))):
+        _dot(draw, xy, 6, _WHITE)
+        draw.text(tuple(xy), str(rank), fill=_BLACK, font=font, anchor="mm")
     if gt_xy is not None:
-        gx, gy = np.asarray(gt_xy, dtype=np.float64)
-        _dot(draw, (gx + 0.5) * s, (gy + 0.5) * s, 5, _YELLOW, width=2)
-    px, py = result.pred_xy
-    _cross(draw, (px + 0.5) * s, (py + 0.5) * s, 7)
+        _dot(draw, _shown(gt_xy, s), 5, _YELLOW, width=2)
+    x, y = _shown(result.pred_xy, s)
+    for colour, width in ((_BLACK, 5), (_WHITE, 3)):
+        draw.line([x - 7, y - 7, x + 7, y + 7], fill=colour, width=width)
+        draw.line([x - 7, y + 7, x + 7, y - 7], fill=colour, width=width)
     return _png(img)
 
 
 def render_points_png(image: Image.Image, points: Mapping[str, Sequence[float]], display: int = 384,
                       highlight: str | None = None) -> bytes:
-    """An image ``display`` pixels wide (aspect kept) with named points ``{name: (x, y)}`` in original pixels,
-    each a coloured dot with its name; ``highlight`` gets a larger ring."""
+    """The image ``display`` pixels wide (aspect kept) with named points ``{name: (x, y)}`` (original pixels), each
+    a coloured dot with its name; ``highlight`` gets a larger yellow ring."""
     w, h = image.size
     scale = display / w
     img = image.convert("RGB").resize((display, max(1, round(h * scale))), Image.BILINEAR)
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    for i, (name, (x, y)) in enumerate(points.items()):
-        px, py = (x + 0.5) * scale, (y + 0.5) * scale
-        colour = _PALETTE[i % len(_PALETTE)]
+    for i, (name, xy) in enumerate(points.items()):
+        x, y = _shown(xy, scale)
         if name == highlight:
-            draw.ellipse([px - 9, py - 9, px + 9, py + 9], outline=_YELLOW, width=3)
-        _dot(draw, px, py, 5, colour)
-        draw.text((px + 8, py - 6), name, fill=_WHITE, font=font, stroke_width=2, stroke_fill=_BLACK)
+            _dot(draw, (x, y), 9, None, _YELLOW, width=3)
+        _dot(draw, (x, y), 5, _PALETTE[i % len(_PALETTE)])
+        draw.text((x + 8, y - 6), name, fill=_WHITE, font=font, stroke_width=2, stroke_fill=_BLACK)
     return _png(img)
