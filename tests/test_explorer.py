@@ -207,6 +207,12 @@ def test_annotator_round_trip(photos):
     assert reread[2] == {"image": "c.png", "category": "washer", "keypoints": {}}
 
 
+def test_annotator_widget_refuses_a_folder_without_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"no images \(.*\.jpg.*\) under"):
+        widgets.AnnotatorWidget(widgets.Annotator(tmp_path))
+
+
 def test_annotator_widget_places_points_in_original_pixels(photos):
     ann = widgets.Annotator(photos)
     w = widgets.AnnotatorWidget(ann, names=["head", "tip"], category="screw", display_size=100)

@@ -98,6 +98,9 @@ def test_plot_pca_grid_axes():
     fig = viz.plot_pca(images, feats, img_size=64)
     assert isinstance(fig, Figure) and len(fig.axes) == 2 * (1 + 3)
     assert fig.axes[1].get_title().startswith("up_blocks[0]")
+    assert fig._suptitle is None  # no title asked for, none drawn
+    titled = viz.plot_pca(images, feats, title="PCA of three up-blocks")
+    assert titled._suptitle.get_text() == "PCA of three up-blocks"  # the caller's title, not a layer's
     with pytest.raises(ValueError, match="features for"):
         viz.plot_pca(images[:1], feats)
 
