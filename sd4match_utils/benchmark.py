@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -24,6 +23,7 @@ from .cache import atomic_write_json, file_sha256, read_json
 from .conditioning import FIXED_PROMPTS, inspect_prompt_file
 from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, parse_matchers, run_evaluation
 from .metrics import ALPHAS, SPACES, bootstrap_ci, clamp_gt, pck_by_flag, pck_correct, pck_records
+from .report import dataset_tag, model_tag, safe_name
 from .settings import result_fields
 
 __all__ = [
@@ -86,7 +86,7 @@ def eval_settings(protocol: Mapping, dataset: str, data_root: str | Path, prompt
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.") or "prompt"
+    return safe_name(text) or "prompt"
 
 
 def prompt_name(spec: str | Path) -> str:
@@ -146,8 +146,6 @@ def resolve_datasets(datasets: Mapping[str, str | Path], synthetic_root: str | P
 
 def run_tag(model: str, synthetic: Mapping[str, bool]) -> str:
     """``<model-tag>_<datasets>`` for output names, e.g. ``tiny_spair-pfpascal-synthetic``."""
-    from .report import dataset_tag, model_tag
-
     if not synthetic:
         raise ValueError("no datasets")
     flags = set(synthetic.values())

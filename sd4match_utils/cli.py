@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, help="wall-clock budget over all stages")
     pm.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     pm.add_argument("--seed", type=int, default=0)
-    pm.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    _add_threads_arg(pm)
     pm.add_argument("--pool-size", type=int, default=4000, help="synthetic training images rendered")
     pm.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     pm.add_argument("--ship", action="store_true", help="afterwards copy OUT/model into the package (fp16) as the "

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .cache import atomic_write_bytes, atomic_write_json, atomic_write_text, locked_folder, read_json, tensor_key
+from .cache import (atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, locked_folder, read_json,
+                    tensor_key)
 from .checks import (check_device, check_has_pairs, check_img_size, check_limit, check_positive,
                      check_writable_folder)
 from .conditioning import check_prompt_spec, make_conditioning
@@ -277,12 +278,11 @@ def _finished_shards(folder: Path, fingerprint: str) -> tuple[set[int], list[tup
     done: set[int] = set()
     good: list[tuple[Path, dict]] = []
     for record_path in sorted(folder.glob("pairs-*.json")):
-        csv_path = record_path.with_suffix(".csv")
+        csv_path, record = record_path.with_suffix(".csv"), read_json(record_path)
+        if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+            continue
         try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
-                continue
-            if hashlib.sha256(csv_path.read_bytes()).hexdigest() != record["sha256"]:
+            if file_sha256(csv_path) != record["sha256"]:
                 continue
             pairs = {int(i) for i in record["pairs"]}
         except (OSError, ValueError, KeyError, TypeError):

@@ -197,9 +197,10 @@ class FeatureExtractor:
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
     @torch.no_grad()
-    def latents(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """VAE latents ``z_0`` (× scaling factor), one VAE pass per image: ``(B, 4, S/8, S/8)`` float32 on device."""
-        keys = [image_key(im) for im in images]
+    def latents(self, images: Sequence[Image.Image], keys: Sequence[str] | None = None) -> torch.Tensor:
+        """VAE latents ``z_0`` (× scaling factor), one VAE pass per image: ``(B, 4, S/8, S/8)`` float32 on device.
+        ``keys``: the images' :func:`image_key` when the caller has them already."""
+        keys = [image_key(im) for im in images] if keys is None else list(keys)
         vae = self.sd.vae
         for im, key in zip(images, keys):
             lk = self._latent_key(key)
@@ -273,14 +274,14 @@ class FeatureExtractor:
         keys = [image_key(im) for im in images]
         names = list(names) if names is not None else [f"with content key {k}" for k in keys]
         per_image = cond.shape[0] == len(images) and len(images) > 1
-        ckeys = [tensor_key(cond[i : i + 1] if per_image else cond[:1]) for i in range(len(images))]
+        ckeys = [tensor_key(c) for c in cond.split(1)] if per_image else [tensor_key(cond[:1])] * len(images)
         fkeys = [self._feature_key(k, c) for k, c in zip(keys, ckeys)]
         result = [self.cache.get("features", fk) if self.cache is not None else None for fk in fkeys]
         hits = [i for i, r in enumerate(result) if r is not None]
         todo = [i for i, r in enumerate(result) if r is None]
         if todo:
             self.extracted += len(todo)
-            z0 = self.latents([images[i] for i in todo])
+            z0 = self.latents([images[i] for i in todo], [keys[i] for i in todo])
             c = cond[todo] if per_image else cond[:1]
             feats = self.features_from_latents(z0, c, [keys[i] for i in todo], [names[i] for i in todo])
             for j, i in enumerate(todo):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .cache import atomic_write_json, file_sha256, read_json
+
 #: Models built in memory from configs (random weights, deterministic from a seed).
 RANDOM_MODELS = ("tiny", "sd21-random")
 #: Trained models that ship inside the package (a diffusers folder each, made by ``tools/pretrain_mini.py``).
@@ -167,32 +169,15 @@ def fingerprint_modules(*modules: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _sha256_file(path: Path) -> str:
-    """SHA-256 of a file's content, read in large unbuffered blocks."""
-    with open(path, "rb", buffering=0) as f:
-        if hasattr(hashlib, "file_digest"):  # Python >= 3.11
-            return hashlib.file_digest(f, "sha256").hexdigest()
-        h, buf = hashlib.sha256(), bytearray(8 << 20)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-        return h.hexdigest()
-
-
 def _read_memo(memo_path: Path) -> dict:
-    try:
-        memo = json.loads(memo_path.read_text())
-        return memo if isinstance(memo, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    memo = read_json(memo_path)
+    return memo if isinstance(memo, dict) else {}
 
 
 def _file_digests(paths: list[Path]) -> dict[Path, str]:
     """SHA-256 of each file's content. A Hugging Face cache file is a symlink to ``blobs/<sha256>``: that name is
     reused. Any other file is hashed once and remembered in ``$SD4MATCH_CACHE`` (else ``~/.cache/sd4match``)
     ``/file-sha256.json``, keyed by absolute path, size and ``mtime_ns``."""
-    from .cache import atomic_write_json
-
     memo_path = Path(os.environ.get("SD4MATCH_CACHE") or Path.home() / ".cache" / "sd4match").expanduser()
     memo_path = memo_path / "file-sha256.json"
     memo = _read_memo(memo_path)
@@ -209,7 +194,7 @@ def _file_digests(paths: list[Path]) -> dict[Path, str]:
         if isinstance(entry, dict) and stamp.items() <= entry.items() and isinstance(entry.get("sha256"), str):
             out[p] = entry["sha256"]
         else:
-            out[p] = _sha256_file(Path(real))
+            out[p] = file_sha256(real)
             updates[real] = {**stamp, "sha256": out[p]}
     if updates:
         kept = {k: v for k, v in _read_memo(memo_path).items() if os.path.exists(k)}  # forget deleted files

@@ -28,12 +28,12 @@ from . import __version__
 from .cache import atomic_write_json, read_json
 
 __all__ = ["SUMMARY_COLUMNS", "NotebookRun", "dataset_tag", "model_tag", "output_name", "provenance", "records",
-           "show_progress", "training_curves", "training_table"]
+           "safe_name", "show_progress", "training_curves", "training_table"]
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
     """``text`` with runs of characters outside ``[A-Za-z0-9._-]`` as ``-``, no leading / trailing ``-`` or ``.``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")
 
 
 def model_tag(model: str) -> str:
@@ -45,13 +45,13 @@ def model_tag(model: str) -> str:
     path = Path(model).expanduser()
     if path.is_dir() or model.startswith((".", "/", "~")):
         model = path.resolve().name or "model"
-    return _safe(model.replace("/", "--")) or "model"
+    return safe_name(model.replace("/", "--")) or "model"
 
 
 def dataset_tag(dataset: str, synthetic: bool) -> str:
     """``"spair"`` or, for the embedded generated data, ``"spair-synthetic"`` (so a figure made on generated
     images is never mistaken for one made on the benchmark)."""
-    name = _safe(str(dataset).strip().lower())
+    name = safe_name(str(dataset).strip().lower())
     if not name:
         raise ValueError("dataset must not be empty")
     return f"{name}-synthetic" if synthetic else name
@@ -164,6 +164,9 @@ def training_table(runs: Mapping[str, str | Path], reused: Mapping[str, bool] | 
 def training_curves(runs: Mapping[str, str | Path]) -> pd.DataFrame:
     """Every run's ``log.csv`` (``{label: folder}``) stacked behind a ``prompt`` column (``loss`` is NaN on
     validation rows, ``val_pck`` on training rows)."""
-    frames = [pd.read_csv(Path(folder) / "log.csv", dtype={"kind": str}) for folder in runs.values()]
-    frames = [f.insert(0, "prompt", label) or f for label, f in zip(runs, frames)]
+    frames = []
+    for label, folder in runs.items():
+        frame = pd.read_csv(Path(folder) / "log.csv", dtype={"kind": str})
+        frame.insert(0, "prompt", label)
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["prompt"])

@@ -53,8 +53,8 @@ def _sizes(folder: Path) -> dict[str, int]:
 
 def _count_hashing(monkeypatch) -> list[Path]:
     calls: list[Path] = []
-    real = models._sha256_file
-    monkeypatch.setattr(models, "_sha256_file", lambda p: calls.append(Path(p)) or real(p))
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda p: calls.append(Path(p)) or real(p))
     return calls
 
 
