@@ -21,8 +21,10 @@ import pandas as pd
 
 from .cache import atomic_write_json, file_sha256, read_json
 from .conditioning import FIXED_PROMPTS, inspect_prompt_file
+from .data import BENCHMARKS, resolve_root
+from .data.spair import FLAG_KEYS
 from .evaluate import PAPER_TEST_SETTINGS, EvalSettings, parse_matchers, run_evaluation
-from .metrics import ALPHAS, SPACES, bootstrap_ci, clamp_gt, pck_by_flag, pck_correct, pck_records
+from .metrics import ALPHAS, SPACES, bootstrap_ci, correct_rows, pck_by_flag, pck_records
 from .report import dataset_tag, model_tag, safe_name
 from .settings import result_fields
 
@@ -40,7 +42,7 @@ BENCHMARK_NAMES = {"spair": "SPair-71k", "pfpascal": "PF-Pascal", "pfwillow": "P
 #: Dataset key → the PCK threshold protocol's name in the reference table (SPEC §7).
 PCK_METRICS = {"spair": "PCK_bbox", "pfpascal": "PCK_img", "pfwillow": "PCK_bbox_kp"}
 #: SPair-71k's per-pair difficulty flags (predictions columns).
-SPAIR_FLAGS = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
+SPAIR_FLAGS = FLAG_KEYS
 RUN_COLUMNS = ("dataset", "prompt", "spec", "kind", "root", "synthetic", "split", "img_size", "folder", "status",
                "seconds", "n_pairs", "n_keypoints")
 RESULT_COLUMNS = ("dataset", "benchmark", "prompt", "kind", "model", "label", "matcher", "alpha", "averaging",
@@ -124,23 +126,12 @@ def normalise_prompts(prompts: Sequence[str] | Mapping[str, str]) -> dict[str, s
 
 def resolve_datasets(datasets: Mapping[str, str | Path], synthetic_root: str | Path | None = None
                      ) -> dict[str, tuple[Path, bool]]:
-    """``dataset → (root, synthetic)``: an empty root is the embedded synthetic data, generated under
-    ``synthetic_root`` on first use. A root whose parent holds the generator's ``synthetic.json`` counts as synthetic
-    too, so numbers made on generated images are never labelled as benchmark numbers."""
-    from .data import BENCHMARKS, ensure_synthetic
-
-    out, generated = {}, None
+    """``dataset → (root, synthetic)`` of benchmarks, by :func:`~sd4match_utils.data.resolve_root`."""
+    out = {}
     for name, root in datasets.items():
         if name not in BENCHMARKS:
             raise ValueError(f"unknown dataset {name!r}; expected some of {BENCHMARKS}")
-        if root is None or str(root).strip() == "":
-            if synthetic_root is None:
-                raise ValueError(f"{name}: empty root and no synthetic_root to generate the embedded data in")
-            generated = generated or ensure_synthetic(Path(synthetic_root))
-            out[name] = (Path(generated[name]), True)
-        else:
-            root = Path(root).expanduser()
-            out[name] = (root, (root.parent / "synthetic.json").is_file())
+        out[name] = resolve_root(name, root, synthetic_root)
     return out
 
 
@@ -217,7 +208,7 @@ def run_benchmark(datasets: Mapping[str, str | Path], prompts: Sequence[str] | M
     def get_sd(loaded_only: bool = False):
         nonlocal sd
         if sd is None and not loaded_only:
-            from .models import load_sd
+            from .models import load_sd  # looked up when called, so that tests can stand in for it
 
             first = next(iter(jobs.values()))
             sd = load_sd(first.model, device=first.device, precision=first.precision)
@@ -302,9 +293,7 @@ def pair_table(runs: pd.DataFrame, matcher: str = "kernel_softmax", alpha: float
     frames = []
     for run, df, _ in _runs_iter(runs, None):
         df = df[df["matcher"] == matcher]
-        correct = pck_correct(df[["pred_x", "pred_y"]].to_numpy(float),
-                              clamp_gt(df[["gt_x", "gt_y"]].to_numpy(float), run.img_size),
-                              df["thr"].to_numpy(float), alpha) if len(df) else []
+        correct = correct_rows(df, alpha, img_size=run.img_size) if len(df) else []
         g = df[["category", "pair_id"]].assign(correct=correct).groupby(["category", "pair_id"], sort=False)
         pairs = g["correct"].agg(n_kps="size", n_correct="sum").reset_index()
         frames.append(pairs.assign(dataset=run.dataset, prompt=run.prompt, matcher=matcher, alpha=float(alpha),
@@ -448,12 +437,10 @@ def prediction_changes(pred_a: pd.DataFrame, pred_b: pd.DataFrame, matcher: str 
         b[keys + ["pred_x", "pred_y"]], on=keys, suffixes=("_a", "_b"), how="inner")
     if len(m) == 0:
         return pd.DataFrame(columns=list(CHANGE_COLUMNS))
-    gt = clamp_gt(m[["gt_x", "gt_y"]].to_numpy(float), img_size)
-    thr = m["thr"].to_numpy(float)
     for s in "ab":
-        m[f"correct_{s}"] = pck_correct(m[[f"pred_x_{s}", f"pred_y_{s}"]].to_numpy(float), gt, thr, alpha)
+        m[f"correct_{s}"] = correct_rows(m, alpha, img_size=img_size, pred=(f"pred_x_{s}", f"pred_y_{s}"))
     m["moved"] = np.hypot(m["pred_x_a"] - m["pred_x_b"], m["pred_y_a"] - m["pred_y_b"])
-    m["changed"] = (m["moved"] > alpha * thr) | (m["correct_a"] != m["correct_b"])
+    m["changed"] = (m["moved"] > alpha * m["thr"].to_numpy(float)) | (m["correct_a"] != m["correct_b"])
     m["outcome"] = np.select([~m["correct_a"] & m["correct_b"], m["correct_a"] & ~m["correct_b"],
                               m["correct_a"] & m["correct_b"]], ["fixed", "broken", "both right"], "both wrong")
     return m[list(CHANGE_COLUMNS)].reset_index(drop=True)

@@ -165,9 +165,9 @@ def cmd_extract(args) -> int:
     from .checks import check_device, check_img_size, check_positive, check_writable_file
     from .conditioning import check_prompt_spec, make_conditioning
     from .data.images import load_rgb
-    from .evaluate import provenance
     from .features import FeatureExtractor
     from .models import load_sd
+    from .report import provenance
 
     # cheap checks first, before the model loads
     check_positive("--batch-size", args.batch_size)
@@ -250,7 +250,7 @@ def load_bench():
 
 
 def cmd_bench(args) -> int:
-    from .cache import atomic_write_text
+    from .cache import atomic_write_json, atomic_write_text
     from .checks import check_device
 
     check_device(args.device)
@@ -275,7 +275,7 @@ def cmd_bench(args) -> int:
                                  train=not args.no_train, train_batch=3, throughput_images=n_images, **fast_path)
     title = args.title or ("GPU" if gpu else "CPU") + (" (quick)" if args.quick else "")
     markdown = bench.render_markdown(result, title)
-    atomic_write_text(args.out / "bench.json", json.dumps(result, indent=2, default=str))
+    atomic_write_json(args.out / "bench.json", result)
     atomic_write_text(args.out / "bench.md", markdown)
     print(markdown)
     return 0

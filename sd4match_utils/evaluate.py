@@ -56,6 +56,14 @@ def apply_recommended(settings, recommended: dict, timestep_key: str = "timestep
     return replace(settings, **fill) if fill else settings
 
 
+def resolved_settings(settings, sd, timestep_key: str = "timestep"):
+    """A settings dataclass as a run on the loaded model ``sd`` uses (and records) it: ``precision="auto"`` as the
+    model's own, the unset read-out filled by :func:`apply_recommended`."""
+    if settings.precision == "auto":
+        settings = replace(settings, precision=sd.identity.get("precision") or "auto")
+    return apply_recommended(settings, sd.recommended, timestep_key)
+
+
 @dataclass
 class EvalSettings:
     """Everything that determines an evaluation run (written into ``metrics.json``); each field declares its
@@ -342,12 +350,10 @@ def run_evaluation(settings: EvalSettings, out_dir: str | Path, sd=None, progres
                 (out_dir / name).unlink(missing_ok=True)
             shutil.rmtree(shards, ignore_errors=True)
         if sd is None:
-            from .models import load_sd
+            from .models import load_sd  # looked up when called, so that tests can stand in for it
 
             sd = load_sd(settings.model, device=settings.device, precision=settings.precision)
-        if settings.precision == "auto":  # record what it resolved to (the model's own precision)
-            settings = replace(settings, precision=sd.identity.get("precision") or "auto")
-        settings = apply_recommended(settings, sd.recommended)
+        settings = resolved_settings(settings, sd)
         img_size = settings.img_size or sd.native_img_size
         dataset = index if index.img_size == img_size else load_dataset(settings.dataset, settings.data_root,
                                                                           settings.split, img_size=img_size)

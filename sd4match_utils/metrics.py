@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["ALPHAS", "AVERAGINGS", "SPACES", "GT_CLAMP_EPS", "pck_correct", "clamp_gt", "pck_records", "pck_by_flag",
-           "pck_table", "bootstrap_ci"]
+__all__ = ["ALPHAS", "AVERAGINGS", "SPACES", "GT_CLAMP_EPS", "pck_correct", "clamp_gt", "correct_rows", "pck_records",
+           "pck_by_flag", "pck_table", "bootstrap_ci"]
 
 #: PCK thresholds α reported by the paper.
 ALPHAS = (0.05, 0.10, 0.15)
@@ -67,9 +67,19 @@ def _check_columns(df: pd.DataFrame, spaces: Sequence[str], extra: Sequence[str]
         raise ValueError(f"predictions table lacks the columns: {', '.join(missing)}")
 
 
-def _correct(df: pd.DataFrame, alpha: float, space: str, img_size: int) -> np.ndarray:
-    """``(len(df),)`` bool correctness of every row in ``space``."""
+def correct_rows(df: pd.DataFrame, alpha: float, space: str = "resized", img_size: int = 768,
+                 pred: tuple[str, str] | None = None) -> np.ndarray:
+    """Correctness of every row of a predictions table in ``space`` (the resized ground truth clamped as the
+    paper does); ``pred``: other prediction columns than the space's (e.g. of two runs merged side by side).
+
+    Shape:
+        - Output: :math:`(len(df))`, bool
+
+    Raises:
+        ValueError: a threshold that is not positive (degenerate ground truth, else silently wrong).
+    """
     px, py, gx, gy, thr = _SPACE_COLUMNS[space]
+    px, py = pred or (px, py)
     thresholds = df[thr].to_numpy(dtype=np.float64)
     bad = ~(np.isfinite(thresholds) & (thresholds > 0))
     if bad.any():  # a threshold of 0 or below would silently count every keypoint of the pair as wrong
@@ -109,7 +119,7 @@ def _records(df: pd.DataFrame, group_col: str | None, group_key: str, alphas: Se
             groups += [(v, col == v) for v in sorted(sub[group_col].unique(), key=str)]
         for space in spaces:
             for alpha in alphas:
-                correct = _correct(sub, alpha, space, img_size)
+                correct = correct_rows(sub, alpha, space, img_size)
                 for value, rows in groups:
                     hits, counts = _pair_sums(correct[rows], codes[rows])
                     present = counts > 0
@@ -197,7 +207,7 @@ def bootstrap_ci(df: pd.DataFrame, alpha: float = 0.1, averaging: str = "per_ima
     if len(df) == 0:
         raise ValueError("no predictions to bootstrap")
 
-    hits, counts = _pair_sums(_correct(df, alpha, space, img_size), _pair_codes(df))
+    hits, counts = _pair_sums(correct_rows(df, alpha, space, img_size), _pair_codes(df))
     if averaging == "per_image":
         data = (hits / counts,)
 

@@ -26,6 +26,8 @@ import torch
 
 from . import __version__
 from .cache import atomic_write_json, read_json
+from .data import resolve_root
+from .models import set_threads
 
 __all__ = ["SUMMARY_COLUMNS", "NotebookRun", "dataset_tag", "model_tag", "output_name", "provenance", "records",
            "safe_name", "show_progress", "training_curves", "training_table"]
@@ -106,20 +108,12 @@ class NotebookRun:
         self.progress = show_progress()
         self.started = time.perf_counter()
         if cpu_threads:
-            from .models import set_threads
-
             set_threads(cpu_threads)
 
     def dataset_root(self, dataset: str, data_root: str | Path = "") -> tuple[Path, bool]:
-        """``(root, synthetic)``: ``data_root`` as given, or (when empty) the embedded synthetic data's folder for
-        ``dataset``, generated on first use; ``ValueError`` for an unknown dataset."""
-        from .data import DATASETS, ensure_synthetic
-
-        if dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-        if data_root:
-            return Path(data_root).expanduser(), False
-        return ensure_synthetic(self.synthetic_root)[dataset], True
+        """``(root, synthetic)`` of ``dataset`` (:func:`~sd4match_utils.data.resolve_root`): an empty ``data_root`` is
+        the embedded synthetic data, generated on first use; ``ValueError`` for an unknown dataset."""
+        return resolve_root(dataset, data_root, self.synthetic_root)
 
     def names(self, whats: Iterable[str], model: str, dataset: str, synthetic: bool,
               suffix: str = ".png") -> dict[str, Path]:

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from .checks import check_device, check_has_pairs, check_img_size, check_limit, 
 from .conditioning import CPM_FEATURES, CPM_MODES, ConditionalPrompt, LearnedPrompt, make_conditioning
 from .data import DATASETS, DEFAULT_IMG_SIZE, load_dataset
 from .dino import DEFAULT_DINO_ID, DinoFeatures
-from .evaluate import apply_recommended, predict
+from .evaluate import apply_recommended, predict, resolved_settings
 from .features import FeatureExtractor, add_noise, unet_readout
 from .loss import batch_loss
 from .metrics import pck_records
@@ -188,7 +188,7 @@ class Trainer:
     """
 
     def __init__(self, settings: TrainSettings, out_dir: str | Path, sd=None, progress: bool = True):
-        from .models import load_sd
+        from .models import load_sd  # looked up when called, so that tests can stand in for it
 
         settings.check()
         self.out = Path(out_dir)
@@ -205,9 +205,7 @@ class Trainer:
             raise ValueError(f"{self.n_pairs} training pairs cannot fill one global batch of {self.global_batch} "
                              f"(batch_size × processes × grad_accum)")
         self.sd = sd if sd is not None else load_sd(settings.model, self.device, settings.precision)
-        if settings.precision == "auto":  # record what it resolved to (the model's own precision)
-            settings = replace(settings, precision=self.sd.identity.get("precision") or "auto")
-        settings = self.s = apply_recommended(settings, self.sd.recommended, timestep_key="train_timestep")
+        settings = self.s = resolved_settings(settings, self.sd, timestep_key="train_timestep")
         if settings.layer not in range(len(self.sd.unet.up_blocks)):
             raise ValueError(f"layer must be an up-block index 0-{len(self.sd.unet.up_blocks) - 1}, "
                              f"got {settings.layer}")

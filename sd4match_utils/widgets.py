@@ -20,9 +20,11 @@ import torch
 import traitlets
 from torch import Tensor
 
+from .conditioning import make_conditioning
 from .data.custom import IMAGE_SUFFIXES, Annotator
 from .data.images import load_rgb
 from .explore import ClickResult, explore_click
+from .features import FeatureExtractor
 from .matching import MATCHERS
 from .viz import render_points_png, render_source_png, render_target_png
 
@@ -57,9 +59,6 @@ def pair_features(sd, sample, prompts: Mapping[str, str], layer: int = 1, timest
     Shape:
         - Output: each value a pair :math:`(C, h, w)`, :math:`(C, h, w)`
     """
-    from .conditioning import make_conditioning
-    from .features import FeatureExtractor
-
     fx = FeatureExtractor(sd, layers=(layer,), timestep=timestep, ensemble=ensemble, img_size=img_size, seed=seed,
                           batch_size=batch_size)
     out = {}

@@ -10,6 +10,7 @@ from sd4match_utils.metrics import (
     ALPHAS,
     bootstrap_ci,
     clamp_gt,
+    correct_rows,
     pck_by_flag,
     pck_correct,
     pck_records,
@@ -116,6 +117,21 @@ def test_resized_gt_is_clamped_but_original_is_not():
     # a larger img_size makes the clamp inactive
     rec = pck_records(df, alphas=(0.1,), spaces=("resized",), img_size=1024)
     assert _find(rec, averaging="per_point", category="all")["pck"] == 0.0
+
+
+def test_correct_rows_clamps_the_resized_ground_truth_and_takes_other_prediction_columns():
+    # gt at x = 770 lies outside a 768 image: clamped to 767 - 1e-4 in the resized space only
+    errors = (-3.0, 0.0, 8.0)
+    df = pd.DataFrame(_rows("p", "cat", errors, thr=100.0, gt=(770.0, 300.0)))
+    df["pred_x_b"], df["pred_y_b"] = df["gt_x"] - 12.0, df["gt_y"]
+    clamped = 767 - 1e-4
+    by_hand = [abs(770.0 + e - clamped) <= 10.0 for e in errors]
+    assert correct_rows(df, 0.1, img_size=768).tolist() == by_hand == [True, True, False]
+    assert correct_rows(df, 0.1, "original", img_size=768).tolist() == [True, True, True]  # unclamped, thr 200
+    # B's predictions lie 12 px from the raw gt but 9 px from the clamped one
+    assert correct_rows(df, 0.1, img_size=768, pred=("pred_x_b", "pred_y_b")).tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="not a positive number"):
+        correct_rows(df.assign(thr=0.0), 0.1)
 
 
 def test_original_space_uses_its_own_columns():

@@ -22,7 +22,7 @@ def test_notebook_00_runs_with_papermill(tmp_path, run_notebook, notebook_path):
                   train_batch=1)
     run_notebook(notebook_path("00_quickstart"), tmp_path / "executed.ipynb", params)
 
-    summary = json.loads((out_dir / "00_summary_mini_spair.json").read_text())
+    summary = json.loads((out_dir / "00_summary_mini_spair-synthetic.json").read_text())
     assert {k: summary["settings"][k] for k in params} == params
     assert summary["settings"]["img_size_used"] == 128 and summary["model"]["model"] == "mini"
     assert set(summary["click"]) == {"empty", "text"}

@@ -22,7 +22,7 @@ def test_notebook_01_runs_with_papermill(tmp_path, run_notebook, notebook_path):
                   timesteps=[50, 261], prompts=["empty", "text"], ensemble=1, img_size=256, n_pca_images=2)
     run_notebook(notebook_path("01_feature_extraction_per_layer"), tmp_path / "executed.ipynb", params)
 
-    metrics_path = out_dir / "01_metrics_mini_spair.json"
+    metrics_path = out_dir / "01_metrics_mini_spair-synthetic.json"
     assert metrics_path.is_file()
     metrics = json.loads(metrics_path.read_text())
     records = metrics["sweep"]
@@ -37,10 +37,10 @@ def test_notebook_01_runs_with_papermill(tmp_path, run_notebook, notebook_path):
     assert metrics["settings"]["img_size_used"] == 256
     assert metrics["model"]["model"] == "mini" and metrics["model"]["fingerprint"]
     assert metrics["dataset"]["name"] == "spair" and metrics["dataset"]["split"] == "test"
-    assert metrics["dataset"]["synthetic"] is False  # a data_root was given, so the names carry no suffix
+    assert metrics["dataset"]["synthetic"] is True  # the given root is the generator's folder: the names say so
     assert "torch" in metrics["provenance"]
-    for name in ("01_pca_mini_spair.png", "01_similarity_mini_spair.png", "01_matches_mini_spair.png",
-                 "01_pck_layer_timestep_mini_spair.png"):
+    for what in ("pca", "similarity", "matches", "pck_layer_timestep"):
+        name = f"01_{what}_mini_spair-synthetic.png"
         data = (out_dir / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         assert name in metrics["figures"].values()

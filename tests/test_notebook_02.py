@@ -22,7 +22,7 @@ def test_notebook_02_runs_with_papermill(tmp_path, run_notebook, notebook_path, 
                   ablate_train_timesteps=[261], ablate_test_timesteps=[50, 261], cpu_threads=1)
     run_notebook(notebook_path("02_prompt_tuning_ablations"), tmp_path / "executed.ipynb", params)
 
-    metrics = json.loads((out_dir / "02_metrics_mini_spair.json").read_text())
+    metrics = json.loads((out_dir / "02_metrics_mini_spair-synthetic.json").read_text())
     for key in ("comparison", "training", "training_curves", "ablations", "settings", "runs", "model", "dataset",
                 "figures", "provenance"):
         assert metrics[key], key
@@ -54,7 +54,7 @@ def test_notebook_02_runs_with_papermill(tmp_path, run_notebook, notebook_path, 
     assert all(r["reused"] for r in ablations["lr"]) and all(r["reused"] for r in ablations["test_timestep"])
     assert {r["run"] for r in ablations["lr"]} == {training["single"]["run"]}
 
-    for name in ("02_prompts_mini_spair.png", "02_training_mini_spair.png", "02_ablations_mini_spair.png"):
+    for name in (f"02_{what}_mini_spair-synthetic.png" for what in ("prompts", "training", "ablations")):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert name in metrics["figures"].values()
     assert not list(out_dir.glob(".*tmp"))  # atomic writes left nothing behind

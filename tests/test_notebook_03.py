@@ -24,7 +24,7 @@ def test_notebook_03_runs_with_papermill(tmp_path, run_notebook, notebook_path):
                   out_dir=str(out_dir), runs_dir=str(runs_dir))
     run_notebook(notebook_path("03_conditional_prompt_training"), tmp_path / "executed.ipynb", params)
 
-    metrics = json.loads((out_dir / "03_metrics_mini_pfpascal.json").read_text())
+    metrics = json.loads((out_dir / "03_metrics_mini_pfpascal-synthetic.json").read_text())
     assert {k: metrics["settings"][k] for k in params} == params
     assert metrics["settings"]["dino_used"] == "mini" and metrics["settings"]["img_size_used"] == 128
 
@@ -62,7 +62,7 @@ def test_notebook_03_runs_with_papermill(tmp_path, run_notebook, notebook_path):
     assert summary[0]["net"] == summary[0]["fixed"] - summary[0]["broken"]
 
     for what in ("training", "cpm_gate", "categories", "willow", "cpm_vs_class"):
-        name = f"03_{what}_mini_pfpascal.png"
+        name = f"03_{what}_mini_pfpascal-synthetic.png"
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert metrics["figures"][what] == name
     assert not list(out_dir.glob(".*tmp"))

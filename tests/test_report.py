@@ -66,6 +66,10 @@ def test_notebook_run_names_data_and_metrics(tmp_path, synthetic_root, monkeypat
     assert run.dataset_root("spair", "/data/SPair-71k") == (tmp_path.__class__("/data/SPair-71k"), False)
     with pytest.raises(ValueError, match="dataset must be one of"):
         run.dataset_root("imagenet", "")
+    # the generator's folder given as a root is still synthetic data: the names must say so
+    assert run.dataset_root("spair", str(synthetic_root["spair"])) == (synthetic_root["spair"], True)
+    with pytest.raises(ValueError, match="custom: give its root folder"):
+        run.dataset_root("custom", "")
     names = run.names(("pca",), "tiny", "spair", True)
     assert names["pca"] == tmp_path / "fig" / "01_pca_tiny_spair-synthetic.png"
     assert names["metrics"].name == "01_metrics_tiny_spair-synthetic.json"

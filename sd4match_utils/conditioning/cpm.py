@@ -15,6 +15,9 @@ import json
 import torch
 import torch.nn.functional as F
 
+from ..dino import DinoFeatures
+from ..features import image_key
+from ..models import same_weights
 from .files import CPM_KEYS, read_prompt_file, write_prompt_file
 from .text import N_PROMPT_TOKENS, encode_rows
 
@@ -146,8 +149,6 @@ class ConditionalPrompt(torch.nn.Module):
         return self(sd, *self.image_features(samples))
 
     def key(self, sample) -> str:
-        from ..features import image_key
-
         return f"{image_key(sample.src_image)}:{image_key(sample.trg_image)}"
 
     def param_groups(self, lr: float) -> list[dict]:
@@ -211,9 +212,6 @@ class ConditionalPrompt(torch.nn.Module):
         seed, probe = prompt.dino_info.get("seed", 0), prompt.dino_info.get("probe")
 
         def loader():
-            from ..dino import DinoFeatures
-            from ..models import same_weights
-
             features = DinoFeatures(spec, device=sd.device, seed=seed, cache_dir=dino_cache)
             if check_model and probe and not same_weights(probe, features.describe()["probe"]):
                 raise ValueError(f"{path}: CPM was learned with DINOv2 {prompt.dino_info.get('model')!r} "

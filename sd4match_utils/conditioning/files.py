@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..cache import atomic_save_tensors
+from ..models import same_weights, weight_probe
 from .text import N_PROMPT_TOKENS
 
 PROMPT_FORMAT = "sd4match-prompt"
@@ -37,9 +39,6 @@ def write_prompt_file(path, sd, kind: str, tensors: dict[str, torch.Tensor], met
                       text_dim: int | None = None):
     """Save prompt tensors (float32 safetensors, atomically) with format, kind, ``text_dim``, the model (identity
     and weight probe) and ``meta``. ``sd=None`` needs ``text_dim`` and records the model as unknown (no probe)."""
-    from ..cache import atomic_save_tensors
-    from ..models import weight_probe
-
     header = {"format": PROMPT_FORMAT, "format_version": "1", "kind": kind}
     if sd is not None:
         header |= {"text_dim": sd.text_dim, "model": sd.identity, "model_probe": weight_probe(sd)}
@@ -74,8 +73,6 @@ def read_prompt_file(path, sd, check_model: bool = True) -> tuple[dict[str, torc
         FileNotFoundError: no such file.
         ValueError: naming the file (and both models when they differ).
     """
-    from ..models import same_weights, weight_probe
-
     inspect_prompt_file(path)
     meta, tensors = _open_prompt_file(Path(path), lambda f, k: f.get_tensor(k))
     check_finite(tensors, path)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..cache import file_sha256
+from ..dino import dino_dim
 from .cpm import ConditionalPrompt, check_keys, check_tensors, cpm_shapes
 from .files import CPM_KEYS, check_finite
 from .learned import LearnedPrompt
@@ -57,8 +58,6 @@ def cpm_from_state_dict(state: dict, sd, dino: str = "facebook/dinov2-base", fea
     Raises:
         ValueError: missing or unexpected keys, or shapes that do not fit (expected vs found), naming ``source``.
     """
-    from ..dino import dino_dim
-
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source}: expected a state dict of tensors, found {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -43,10 +43,27 @@ def load_dataset(name: str, root: str | Path, split: str, img_size: int = DEFAUL
     return _LOADERS[key](root, split, img_size)
 
 
+def resolve_root(dataset: str, root: str | Path | None, synthetic_root: str | Path | None = None) -> tuple[Path, bool]:
+    """``(root, synthetic)`` of one dataset: an empty ``root`` is the embedded synthetic data of a benchmark,
+    generated under ``synthetic_root`` on first use; a given root whose parent holds the generator's
+    ``synthetic.json`` counts as synthetic too, so numbers made on generated images are never labelled as benchmark
+    numbers."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if root is not None and str(root).strip():
+        root = Path(root).expanduser()
+        return root, (root.parent / "synthetic.json").is_file()
+    if dataset not in BENCHMARKS:
+        raise ValueError(f"{dataset}: give its root folder (embedded synthetic data exists for {BENCHMARKS} only)")
+    if synthetic_root is None:
+        raise ValueError(f"{dataset}: empty root and no synthetic_root to generate the embedded data in")
+    return Path(ensure_synthetic(Path(synthetic_root))[dataset]), True
+
+
 __all__ = [
     "ANNOTATION_FILE", "BENCHMARKS", "CustomDataset", "DATASETS", "DEFAULT_IMG_SIZE", "KEYPOINT_NAMES",
     "PFPASCAL_CLASSES", "SPLITS", "SYNTHETIC_CATEGORIES", "DatasetFormatError", "PFPascalDataset",
     "PFWillowDataset", "PairDataset", "PairSample", "SPairDataset", "ensure_synthetic", "generate_all",
     "generate_pfpascal", "generate_pfwillow", "generate_spair", "image_size", "load_dataset", "load_rgb",
-    "read_annotations", "to_rgb", "write_example",
+    "read_annotations", "resolve_root", "to_rgb", "write_example",
 ]

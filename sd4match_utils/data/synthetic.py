@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from ..cache import atomic_write_text
+from ..cache import atomic_write_text, read_json
 from .base import SPLITS
 from .pfpascal import PFPASCAL_CLASSES
 from .render import Instance, render_instance
@@ -322,11 +322,7 @@ def ensure_synthetic(root: str | Path, seed: int = 0, **kw) -> dict[str, Path]:
     wanted = {"generator_version": GENERATOR_VERSION, "seed": int(seed),
               "settings": json.loads(json.dumps(kw, sort_keys=True))}
     paths = {name: root / folder for name, folder in FOLDERS.items()}
-    try:
-        current = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        current = None
-    if current == wanted and all(p.is_dir() for p in paths.values()):
+    if read_json(marker) == wanted and all(p.is_dir() for p in paths.values()):
         return paths
     paths = generate_all(root, seed, **kw)
     atomic_write_text(marker, json.dumps(wanted, indent=2, sort_keys=True) + "\n")

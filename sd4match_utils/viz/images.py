@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from ..benchmark import BENCHMARK_NAMES, load_predictions
+from ..data import load_dataset
 from ..explore import ClickResult
-from ..metrics import clamp_gt, pck_correct
+from ..metrics import correct_rows
 from .base import GT, OK, WRONG, as_points, axes_grid, finish, frame, resized, show_pair, to_numpy, upsample_map
 
 
@@ -203,8 +204,6 @@ def plot_best_worst(runs: pd.DataFrame, selection: pd.DataFrame, alpha: float = 
                     save: str | Path | None = None) -> Figure:
     """The selected best and worst pairs (:func:`~sd4match_utils.benchmark.best_worst`), one row per dataset ×
     prompt: :func:`plot_matches` of each pair at PCK@``alpha``."""
-    from ..data import load_dataset
-
     groups = list(selection.groupby(["dataset", "prompt", "matcher"], sort=False))
     nrows, ncols = max(len(groups), 1), max((len(g) for _, g in groups), default=1)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.4 * nrows + 0.4), squeeze=False)
@@ -218,11 +217,10 @@ def plot_best_worst(runs: pd.DataFrame, selection: pd.DataFrame, alpha: float = 
         df = df[df["matcher"] == matcher]
         for c, row in enumerate(sel.itertuples(index=False)):
             p = df[(df["pair_id"] == row.pair_id) & (df["category"] == row.category)].sort_values("kp_index")
-            pred = p[["pred_x", "pred_y"]].to_numpy(float)
-            correct = pck_correct(pred, clamp_gt(p[["gt_x", "gt_y"]].to_numpy(float), int(run.img_size)),
-                                  p["thr"].to_numpy(float), alpha)
+            correct = correct_rows(p, alpha, img_size=int(run.img_size))
             axes[r, c].axis("on")
-            plot_matches(ds[index[(row.pair_id, row.category)]], pred, correct, ax=axes[r, c],
+            plot_matches(ds[index[(row.pair_id, row.category)]], p[["pred_x", "pred_y"]].to_numpy(float), correct,
+                         ax=axes[r, c],
                          title=f"{row.which} {row.rank} · {BENCHMARK_NAMES.get(dataset, dataset)} · {row.category}\n"
                                f"{prompt} · PCK {row.pck:.0f}% ({row.n_correct}/{row.n_kps})")
             axes[r, c].title.set_fontsize(7)
