@@ -11,10 +11,10 @@ import pytest
 
 
 @pytest.mark.slow
-def test_notebook_00_runs_with_papermill(tmp_path, run_notebook, notebook_path):
-    from sd4match_utils.data import ensure_synthetic, write_example
+def test_notebook_00_runs_with_papermill(tmp_path, run_notebook, notebook_path, synthetic_roots):
+    from sd4match_utils.data import write_example
 
-    roots = ensure_synthetic(tmp_path / "synthetic")
+    roots = synthetic_roots
     write_example(tmp_path / "photos", images_per_category=4)
     out_dir = tmp_path / "figures"
     params = dict(data_root=str(roots["spair"]), custom_root=str(tmp_path / "photos"), out_dir=str(out_dir),

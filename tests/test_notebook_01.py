@@ -13,10 +13,9 @@ import pytest
 
 
 @pytest.mark.slow
-def test_notebook_01_runs_with_papermill(tmp_path, run_notebook, notebook_path):
-    from sd4match_utils.data import ensure_synthetic
+def test_notebook_01_runs_with_papermill(tmp_path, run_notebook, notebook_path, synthetic_roots):
 
-    roots = ensure_synthetic(tmp_path / "synthetic")
+    roots = synthetic_roots
     out_dir = tmp_path / "figures"
     params = dict(data_root=str(roots["spair"]), out_dir=str(out_dir), n_pairs=2, layers=[0, 1, 2, 3],
                   timesteps=[50, 261], prompts=["empty", "text"], ensemble=1, img_size=256, n_pca_images=2)

@@ -14,10 +14,9 @@ import pytest
 
 
 @pytest.mark.slow
-def test_notebook_03_runs_with_papermill(tmp_path, run_notebook, notebook_path):
-    from sd4match_utils.data import ensure_synthetic
+def test_notebook_03_runs_with_papermill(tmp_path, run_notebook, notebook_path, synthetic_roots):
 
-    roots = ensure_synthetic(tmp_path / "synthetic")
+    roots = synthetic_roots
     out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"
     params = dict(data_root=str(roots["pfpascal"]), willow_root=str(roots["pfwillow"]), img_size=128,
                   train_steps=1, batch_size=2, val_limit=2, test_limit=3, ensemble=1, n_change_pairs=1,

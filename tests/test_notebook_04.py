@@ -17,12 +17,11 @@ import pytest
 
 
 @pytest.mark.slow
-def test_notebook_04_runs_with_papermill(tmp_path, run_notebook, notebook_path, tiny_sd):
+def test_notebook_04_runs_with_papermill(tmp_path, run_notebook, notebook_path, synthetic_roots, tiny_sd):
     from sd4match_utils.conditioning import ConditionalPrompt
-    from sd4match_utils.data import ensure_synthetic
     from sd4match_utils.dino import DinoFeatures
 
-    roots = ensure_synthetic(tmp_path / "synthetic")
+    roots = synthetic_roots
     cpm = tmp_path / "trained" / "cpm_demo" / "prompt_best.safetensors"  # a CPM prompt file, as training writes
     ConditionalPrompt.initialise(tiny_sd, DinoFeatures("tiny"), seed=1).save(cpm, tiny_sd)
     out_dir, runs_dir = tmp_path / "figures", tmp_path / "runs"

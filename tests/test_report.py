@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from sd4match_utils.conditioning import make_conditioning
-from sd4match_utils.data import PairDataset, ensure_synthetic, load_dataset
+from sd4match_utils.data import PairDataset, load_dataset
 from sd4match_utils.evaluate import predict
 from sd4match_utils.features import FeatureExtractor
 from sd4match_utils.report import NotebookRun, dataset_tag, model_tag, output_name, records
@@ -17,13 +17,8 @@ IMG = 256  # a small multiple of 64 keeps the tiny UNet fast
 
 
 @pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    return ensure_synthetic(tmp_path_factory.mktemp("synthetic"))
-
-
-@pytest.fixture(scope="module")
-def spair(synthetic_root):
-    return load_dataset("spair", synthetic_root["spair"], "test", img_size=IMG)
+def spair(synthetic_roots):
+    return load_dataset("spair", synthetic_roots["spair"], "test", img_size=IMG)
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -56,18 +51,18 @@ def test_records_are_json_ready():
     json.dumps(out, allow_nan=False)
 
 
-def test_notebook_run_names_data_and_metrics(tmp_path, synthetic_root, monkeypatch):
+def test_notebook_run_names_data_and_metrics(tmp_path, synthetic_roots, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     run = NotebookRun("01_feature_extraction_per_layer", {"model": "tiny", "n_pairs": 3}, tmp_path / "fig",
-                      synthetic_root=synthetic_root["spair"].parent)
+                      synthetic_root=synthetic_roots["spair"].parent)
     assert run.progress is False
     root, synthetic = run.dataset_root("spair", "")
-    assert synthetic and root == synthetic_root["spair"]
+    assert synthetic and root == synthetic_roots["spair"]
     assert run.dataset_root("spair", "/data/SPair-71k") == (tmp_path.__class__("/data/SPair-71k"), False)
     with pytest.raises(ValueError, match="dataset must be one of"):
         run.dataset_root("imagenet", "")
     # the generator's folder given as a root is still synthetic data: the names must say so
-    assert run.dataset_root("spair", str(synthetic_root["spair"])) == (synthetic_root["spair"], True)
+    assert run.dataset_root("spair", str(synthetic_roots["spair"])) == (synthetic_roots["spair"], True)
     with pytest.raises(ValueError, match="custom: give its root folder"):
         run.dataset_root("custom", "")
     names = run.names(("pca",), "tiny", "spair", True)
